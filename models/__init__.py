@@ -1,0 +1,1 @@
+"""nn.Module definitions: extraction backbones, ResDAVEnet, AVLnet heads and losses."""

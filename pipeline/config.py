@@ -1,0 +1,226 @@
+"""Typed params: params.yaml is loaded into frozen dataclasses that fail fast, naming the key."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+DATASETS = ("demo", "youcook2", "msrvtt", "crosstask", "howto100m")
+
+
+class ParamsError(ValueError):
+    """A params file with an unknown key, a wrong type or an out-of-range value."""
+
+
+def param(default: Any, doc: str, *, ge: float | None = None, le: float | None = None,
+          gt: float | None = None) -> Any:
+    """A dataclass field with a docstring and optional numeric bounds checked on load."""
+    meta = {"doc": doc, "ge": ge, "le": le, "gt": gt}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _fail(key: str, msg: str) -> typing.NoReturn:
+    raise ParamsError(f"{key}: {msg}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Checks `value` against the annotation `tp`; returns it (ints widen to float)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            _fail(key, "may not be null")
+        for arg in args:
+            if arg is type(None):
+                continue
+            return _coerce(value, arg, key)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            _fail(key, f"must be one of {list(choices)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            _fail(key, f"expected a list, got {type(value).__name__} {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            _fail(key, f"expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, key)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(key, f"expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(key, f"expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(key, f"expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(key, f"expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"unsupported param type {tp!r} for {key}")  # programming error
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Builds dataclass `cls` from a mapping; unknown keys and bad values raise ParamsError."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in known:
+            _fail(f"{prefix}.{k}".lstrip("."), f"unknown key (known keys: {', '.join(known)})")
+    kwargs = {}
+    for name, f in known.items():
+        key = f"{prefix}.{name}".lstrip(".")
+        if name not in data:
+            continue
+        value = _coerce(data[name], hints[name], key)
+        for bound, ok in (("ge", lambda v, b: v >= b), ("le", lambda v, b: v <= b),
+                          ("gt", lambda v, b: v > b)):
+            b = f.metadata.get(bound)
+            if b is not None and value is not None and not ok(value, b):
+                sym = {"ge": ">=", "le": "<=", "gt": ">"}[bound]
+                _fail(key, f"must be {sym} {b}, got {value!r}")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except ParamsError as e:
+        raise ParamsError(f"{prefix}.{e}".lstrip(".")) from None
+
+
+def to_dict(obj: Any) -> Any:
+    """The resolved params as plain YAML-able data."""
+    return dataclasses.asdict(obj)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoParams:
+    """The offline demo dataset generator (stage `demo`)."""
+
+    seed: int = param(0, "RNG seed: the same seed gives the same annotations and media", ge=0)
+    n_videos: int = param(36, "number of videos generated", ge=4, le=2000)
+    n_val: int = param(12, "videos in the validation split (the rest are training)", ge=1)
+    n_concepts: int = param(10, "distinct audio-visual concepts used (at most 12)", ge=2, le=12)
+    min_duration_s: float = param(12.0, "shortest video, seconds", ge=4.0, le=600.0)
+    max_duration_s: float = param(28.0, "longest video, seconds", ge=4.0, le=600.0)
+    segments_per_video: int = param(4, "annotated concept segments per video", ge=1, le=20)
+    frame_sizes: list[str] = param(["320x240", "480x360", "640x360"],
+                                   "WIDTHxHEIGHT choices, one drawn per video")
+    fps: int = param(30, "video frame rate, frames per second", ge=1, le=120)
+    speech: bool = param(True, "speak each concept's name with espeak-ng over its sound")
+    noise_level: float = param(0.05, "background noise amplitude (full scale = 1)", ge=0.0, le=1.0)
+    workers: int = param(2, "parallel ffmpeg encoders", ge=1, le=64)
+
+    def __post_init__(self) -> None:
+        if self.min_duration_s > self.max_duration_s:
+            _fail("min_duration_s", f"must be <= max_duration_s ({self.max_duration_s})")
+        if self.n_val >= self.n_videos:
+            _fail("n_val", f"must be < n_videos ({self.n_videos})")
+        for i, s in enumerate(self.frame_sizes):
+            w, _, h = s.partition("x")
+            if not (w.isdigit() and h.isdigit() and 64 <= int(w) <= 3840 and 64 <= int(h) <= 2160
+                    and int(w) % 2 == 0 and int(h) % 2 == 0):
+                _fail(f"frame_sizes[{i}]", f"expected even WIDTHxHEIGHT within 64..3840 x "
+                      f"64..2160, got {s!r}")
+        if not self.frame_sizes:
+            _fail("frame_sizes", "needs at least one size")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceParams:
+    """Where a dataset's official annotation files come from (stage `manifest@<ds>`)."""
+
+    source_dir: str | None = param(None, "folder holding the official files; null means "
+                                         "data/sources/<dataset> (filled by download)")
+    download: bool = param(True, "fetch missing official files from the pinned URLs")
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoManifestParams(SourceParams):
+    """Manifest of the generated demo (its source.yaml is written by stage `demo`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class YouCook2ManifestParams(SourceParams):
+    """YouCook2 train/val segments."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MsrvttManifestParams(SourceParams):
+    """MSR-VTT clips and the JSFusion split lists."""
+
+    splits: list[Literal["train_7k", "train_9k", "test_1k_a"]] = param(
+        ["train_7k", "train_9k", "test_1k_a"], "split lists to include")
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossTaskManifestParams(SourceParams):
+    """CrossTask primary/related tasks and step annotations."""
+
+    include_related: bool = param(True, "include the related-task videos (training only)")
+
+
+@dataclasses.dataclass(frozen=True)
+class HowTo100MManifestParams(SourceParams):
+    """HowTo100M video listing, optionally with ASR caption clips."""
+
+    captions: bool = param(False, "also read caption.json into clips (large: ~136 M rows)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestSection:
+    """One entry per dataset; each manifest@<ds> stage reads only its own."""
+
+    demo: DemoManifestParams = param(DemoManifestParams(), "demo")
+    youcook2: YouCook2ManifestParams = param(YouCook2ManifestParams(), "YouCook2")
+    msrvtt: MsrvttManifestParams = param(MsrvttManifestParams(), "MSR-VTT")
+    crosstask: CrossTaskManifestParams = param(CrossTaskManifestParams(), "CrossTask")
+    howto100m: HowTo100MManifestParams = param(HowTo100MManifestParams(), "HowTo100M")
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    """The whole params.yaml."""
+
+    datasets: list[Literal[DATASETS]] = param(["demo"], "datasets the pipeline runs")  # type: ignore[valid-type]
+    demo: DemoParams = param(DemoParams(), "demo generator")
+    manifest: ManifestSection = param(ManifestSection(), "manifest stage")
+
+    def __post_init__(self) -> None:
+        if len(set(self.datasets)) != len(self.datasets):
+            _fail("datasets", f"lists a dataset twice: {self.datasets}")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Reads and validates the whole params file; raises ParamsError naming the file and key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found (run from the project root)") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level")
+    try:
+        return from_dict(Params, data)
+    except ParamsError as e:
+        raise ParamsError(f"{path}: {e}") from None

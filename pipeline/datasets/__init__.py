@@ -1,0 +1,23 @@
+"""Dataset parsers: official annotation files -> canonical Manifest, one module per dataset."""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from pipeline.config import SourceParams
+from pipeline.manifest import Manifest
+from pipeline.sources import Sources
+
+# dataset -> module with parse(sources, params) -> Manifest
+MODULES = {
+    "demo": "pipeline.datasets.demo",
+    "youcook2": "pipeline.datasets.youcook2",
+    "msrvtt": "pipeline.datasets.msrvtt",
+    "crosstask": "pipeline.datasets.crosstask",
+    "howto100m": "pipeline.datasets.howto100m",
+}
+
+
+def parser(dataset: str) -> Callable[[Sources, SourceParams], Manifest]:
+    """The parse function of `dataset` (imported lazily: each stage loads only its own)."""
+    return importlib.import_module(MODULES[dataset]).parse

@@ -1,0 +1,71 @@
+"""Typed params: defaults, the shipped params.yaml, and fail-fast errors naming the key."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from pipeline.config import DemoParams, Params, ParamsError, from_dict, load_params, to_dict
+from tests.conftest import ROOT
+
+
+def test_shipped_params_load_and_match_defaults():
+    p = load_params(ROOT / "params.yaml")
+    assert p.datasets == ["demo"]
+    # params.yaml spells out every default, so the file documents the full configuration
+    assert to_dict(p) == to_dict(Params())
+
+
+def _load(tmp_path, data):
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(data))
+    return load_params(f)
+
+
+@pytest.mark.parametrize("data, key, words", [
+    ({"demo": {"n_videoz": 3}}, "demo.n_videoz", "unknown key"),
+    ({"bogus": 1}, "bogus", "unknown key"),
+    ({"manifest": {"youcook2": {"sourcedir": "x"}}}, "manifest.youcook2.sourcedir", "unknown"),
+    ({"demo": {"n_videos": "ten"}}, "demo.n_videos", "expected an integer"),
+    ({"demo": {"n_videos": 2}}, "demo.n_videos", ">= 4"),
+    ({"demo": {"speech": "yes"}}, "demo.speech", "true or false"),
+    ({"demo": {"n_videos": True}}, "demo.n_videos", "expected an integer"),
+    ({"demo": {"noise_level": 2}}, "demo.noise_level", "<= 1.0"),
+    ({"demo": {"min_duration_s": 30, "max_duration_s": 20}}, "demo.min_duration_s", "<="),
+    ({"demo": {"frame_sizes": ["320x241"]}}, "demo.frame_sizes[0]", "WIDTHxHEIGHT"),
+    ({"demo": {"n_val": 36}}, "demo.n_val", "< n_videos"),
+    ({"datasets": ["demo", "kinetics"]}, "datasets[1]", "one of"),
+    ({"datasets": ["demo", "demo"]}, "datasets", "twice"),
+    ({"datasets": "demo"}, "datasets", "expected a list"),
+    ({"manifest": {"msrvtt": {"splits": ["test_1k_b"]}}}, "manifest.msrvtt.splits[0]", "one of"),
+    ({"manifest": {"demo": None, "youcook2": 3}}, "manifest.youcook2", "mapping"),
+])
+def test_bad_params_name_the_key(tmp_path, data, key, words):
+    with pytest.raises(ParamsError) as e:
+        _load(tmp_path, data)
+    msg = str(e.value)
+    assert f"{key}:" in msg and words in msg and "params.yaml" in msg
+
+
+def test_ints_widen_to_float_and_partial_sections_take_defaults(tmp_path):
+    p = _load(tmp_path, {"demo": {"min_duration_s": 10}, "manifest": {"demo": {"download": False}}})
+    assert p.demo.min_duration_s == 10.0 and isinstance(p.demo.min_duration_s, float)
+    assert p.demo.n_videos == DemoParams().n_videos
+    assert p.manifest.demo.download is False and p.manifest.youcook2.download is True
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("demo: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_params_are_frozen():
+    p = Params()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.demo.seed = 3  # type: ignore[misc]
+    assert from_dict(DemoParams, {"seed": 5}).seed == 5
