@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import yaml
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -162,10 +163,13 @@ def _download(url: str, dest: Path, timeout_s: float) -> str:
     with urllib.request.urlopen(req, timeout=timeout_s) as r, open(dest, "wb") as f:
         expected = r.headers.get("Content-Length")
         n = 0
-        while chunk := r.read(CHUNK):
-            f.write(chunk)
-            h.update(chunk)
-            n += len(chunk)
+        with tqdm(total=int(expected) if expected else None, unit="B", unit_scale=True,
+                  desc=Path(url).name, disable=None) as bar:  # disable=None: only on a tty
+            while chunk := r.read(CHUNK):
+                f.write(chunk)
+                h.update(chunk)
+                n += len(chunk)
+                bar.update(len(chunk))
         if expected is not None and n != int(expected):
             raise OSError(f"truncated download: {n} of {expected} bytes")
     return h.hexdigest()
