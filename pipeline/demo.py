@@ -74,6 +74,10 @@ CONCEPTS: tuple[Concept, ...] = (
 CONCEPT_BY_NAME = {c.name: c for c in CONCEPTS}
 
 
+class DemoError(RuntimeError):
+    """A missing tool or a failed encode: reported by the stage as one line, not a traceback."""
+
+
 @dataclass(frozen=True)
 class Segment:
     """One annotated concept segment of a video."""
@@ -240,7 +244,7 @@ def _speak(names: list[str], tmp: Path) -> dict[str, np.ndarray]:
     """Each name spoken by espeak-ng, as float64 at SAMPLE_RATE with peak SPEECH_PEAK."""
     exe = shutil.which("espeak-ng")
     if exe is None:
-        raise RuntimeError("espeak-ng not found: install espeak-ng (apt-get install espeak-ng) "
+        raise DemoError("espeak-ng not found: install espeak-ng (apt-get install espeak-ng) "
                            "or set demo.speech: false in params.yaml")
     out = {}
     for name in names:
@@ -248,7 +252,7 @@ def _speak(names: list[str], tmp: Path) -> dict[str, np.ndarray]:
         r = subprocess.run([exe, "-v", "en-us", "-s", "140", "-w", str(path), name],
                            capture_output=True, text=True)
         if r.returncode != 0:
-            raise RuntimeError(f"espeak-ng failed for {name!r} (exit {r.returncode}): "
+            raise DemoError(f"espeak-ng failed for {name!r} (exit {r.returncode}): "
                                f"{r.stderr[-2000:]}")
         with wave.open(str(path)) as w:
             sr, x = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), "<i2")
@@ -577,7 +581,7 @@ def _encode(p: VideoPlan, params: DemoParams, videos: Path, speech: dict | None,
     if rc != 0 or broken:
         part.unlink(missing_ok=True)
         tail = errlog.read_text(errors="replace")[-2000:].strip()
-        raise RuntimeError(f"demo: ffmpeg failed for video {p.video_id!r} (exit {rc}): "
+        raise DemoError(f"demo: ffmpeg failed for video {p.video_id!r} (exit {rc}): "
                            f"{tail or '(no stderr)'}")
     wav.unlink()
     final = videos / f"{p.video_id}.mp4"
@@ -593,14 +597,14 @@ def generate(params: DemoParams, out_dir: Path, url_root: str) -> dict:
     folder that out_dir will be known as in the annotations' "file:<url_root>/videos/<id>.mp4".
     Output: {"videos", "training_videos", "validation_videos", "segments", "total_seconds",
     "total_bytes", "concepts", "concept_counts": {name: {"training": n, "validation": n}},
-    "elapsed_s"}. Raises RuntimeError naming the video when ffmpeg fails, and when ffmpeg or
+    "elapsed_s"}. Raises DemoError naming the video when ffmpeg fails, and when ffmpeg or
     (with params.speech) espeak-ng is missing."""
     root = PurePosixPath(url_root or ".")
     if root.is_absolute() or ".." in root.parts:
         raise ValueError(f"url_root must be a relative path without '..', got {url_root!r}")
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
-        raise RuntimeError("ffmpeg not found: install ffmpeg (apt-get install ffmpeg)")
+        raise DemoError("ffmpeg not found: install ffmpeg (apt-get install ffmpeg)")
     t0 = time.monotonic()
     out_dir = Path(out_dir).resolve()
     videos = out_dir / "videos"

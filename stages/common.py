@@ -25,11 +25,13 @@ def setup_logging(stage: str) -> None:
     logging.getLogger().setLevel(level)
 
 
-def run(stage: str, body: Callable[[], int]) -> int:
-    """Runs a stage body after logging set-up; user errors become one clear line and exit 2."""
+def run(stage: str, body: Callable[[], int],
+        user_errors: tuple[type[Exception], ...] = ()) -> int:
+    """Runs a stage body after logging set-up; user errors (the shared ones plus the stage's
+    own `user_errors`) become one clear line and exit 2."""
     setup_logging(stage)
     try:
         return body()
-    except USER_ERRORS as e:
+    except USER_ERRORS + user_errors as e:
         log.error("%s failed: %s", stage, e)
         return 2

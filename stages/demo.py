@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import load_params, to_dict
-from pipeline.demo import generate
+from pipeline.demo import DemoError, generate
 from pipeline.sources import sha256_file
 from stages.common import run
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("demo: %s", summary)
         return 0
 
-    return run("demo", body)
+    return run("demo", body, (DemoError,))
 
 
 if __name__ == "__main__":

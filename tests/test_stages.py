@@ -50,3 +50,15 @@ def test_bad_params_stop_before_any_work(tmp_path, caplog):
     assert rc == 2
     assert "manifest.youcook2.sourcedir: unknown key" in caplog.text
     assert not (tmp_path / "out").exists()
+
+
+def test_demo_stage_missing_tool_is_one_clear_line(tmp_path, monkeypatch, caplog):
+    from stages import demo as demo_stage
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither ffmpeg nor espeak-ng on PATH
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    rc = demo_stage.main(["--out", "data/demo", "--source-spec", "manifests/demo/source.yaml"])
+    assert rc == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "not found: install" in errors[0]
+    assert not (tmp_path / "manifests/demo/source.yaml").exists()
