@@ -197,12 +197,87 @@ class ManifestSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClusterParams:
+    """Where download and extraction run: a dask LocalCluster, or an existing cluster."""
+
+    scheduler_address: str | None = param(None, "tcp://host:port of a running dask scheduler; "
+                                                "null starts a LocalCluster on this machine")
+    workers: int = param(2, "LocalCluster worker processes", ge=1, le=1024)
+    threads_per_worker: int = param(4, "threads per worker: concurrent downloads per process",
+                                    ge=1, le=256)
+    processes: bool = param(True, "LocalCluster workers as processes (false: threads in this "
+                                  "process, for debugging)")
+
+
+DEFAULT_FORMAT = "bv*[height>=?360]+ba/b[height>=?360]/bv*+ba/b"
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadParams:
+    """Stage download@<ds>: yt-dlp settings, pacing, resume and safety (datasets.md)."""
+
+    format: str = param(DEFAULT_FORMAT, "yt-dlp format selector: video with audio, >= 360p "
+                                        "where available ([height>=?360] keeps unknown heights)")
+    format_sort: list[str] = param(["+size", "+br", "+res", "+fps"],
+                                   "yt-dlp format_sort: smallest matching file first")
+    merge_output_format: str = param("mp4/mkv", "container when video and audio are merged")
+    retries: int = param(5, "yt-dlp HTTP retries per request (the API's default is 0)", ge=0)
+    fragment_retries: int = param(5, "yt-dlp retries per fragment (DASH/HLS)", ge=0)
+    extractor_retries: int = param(2, "yt-dlp retries of the extractor's page requests", ge=0)
+    socket_timeout_s: float = param(30.0, "network read timeout, seconds", gt=0)
+    attempts_per_run: int = param(3, "tries per video per run on transient failures", ge=1,
+                                  le=20)
+    backoff_s: float = param(2.0, "first wait between tries, doubled each time, +-50% jitter",
+                             ge=0)
+    max_backoff_s: float = param(300.0, "longest wait between tries, seconds", ge=0)
+    sleep_interval_s: float = param(0.0, "yt-dlp sleep before each download, seconds "
+                                         "(random up to max_sleep_interval_s when that is set)",
+                                    ge=0)
+    max_sleep_interval_s: float = param(0.0, "upper end of the random sleep, seconds", ge=0)
+    sleep_requests_s: float = param(0.0, "yt-dlp sleep between extraction requests, seconds",
+                                    ge=0)
+    max_videos_per_hour: float = param(0.0, "pace all workers together to at most this many "
+                                            "videos per hour (YouTube allows ~300 anonymous); "
+                                            "0 = no pacing", ge=0)
+    ratelimit_bytes_s: int = param(0, "per-download bandwidth cap, bytes/s; 0 = none", ge=0)
+    cookiefile: str | None = param(None, "Netscape cookies.txt for age/member/bot-checked "
+                                         "videos (keep it out of git)")
+    proxy: str | None = param(None, "proxy URL, e.g. socks5://127.0.0.1:1080")
+    file_root: str | None = param(None, "the only folder file: URLs may point into (the demo: "
+                                        "data/demo); null refuses all file: URLs")
+    shard_size: int = param(500, "videos per shard: the unit of work and of ledger files", ge=1)
+    recheck_unavailable: bool = param(False, "also re-try videos recorded as unavailable or "
+                                             "needs_auth (videos do come back)")
+    verify: Literal["sha256", "size"] = param("sha256", "how re-runs check downloaded files: "
+                                                        "full sha256, or size only (fast)")
+    min_free_gb: float = param(2.0, "stop cleanly when free space under the videos folder "
+                                    "falls below this, GB", ge=0)
+    est_mb_per_minute: float = param(12.0, "disk estimate per minute of video when no file "
+                                           "has been downloaded yet, MB", gt=0)
+    breaker_threshold: int = param(5, "bot-check/rate-limit failures within breaker_window_s "
+                                      "that pause all workers", ge=1)
+    breaker_window_s: float = param(300.0, "circuit-breaker window, seconds", gt=0)
+    breaker_cooldown_s: float = param(900.0, "pause after the breaker trips, seconds", ge=0)
+    max_transient_fraction: float = param(0.5, "fail the stage when more than this fraction "
+                                               "of tried videos ends in a transient failure",
+                                          ge=0, le=1)
+
+    def __post_init__(self) -> None:
+        if self.max_sleep_interval_s and self.max_sleep_interval_s < self.sleep_interval_s:
+            _fail("max_sleep_interval_s", f"must be >= sleep_interval_s ({self.sleep_interval_s})")
+        if self.proxy is not None and "://" not in self.proxy:
+            _fail("proxy", f"expected a URL like socks5://host:port, got {self.proxy!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     """The whole params.yaml."""
 
     datasets: list[Literal[DATASETS]] = param(["demo"], "datasets the pipeline runs")  # type: ignore[valid-type]
     demo: DemoParams = param(DemoParams(), "demo generator")
     manifest: ManifestSection = param(ManifestSection(), "manifest stage")
+    cluster: ClusterParams = param(ClusterParams(), "dask cluster for download and extraction")
+    download: DownloadParams = param(DownloadParams(), "download stage")
 
     def __post_init__(self) -> None:
         if len(set(self.datasets)) != len(self.datasets):

@@ -1,0 +1,150 @@
+"""Availability taxonomy (datasets.md): a download failure -> status, reason and kind.
+
+Classification looks at the exception class first, then at the lower-cased message with
+typographic apostrophes made plain. Transient classes are tested first, so a bot check or a
+network error can never be mistaken for a permanently unavailable video."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pipeline.ledger import NEEDS_AUTH, PENDING, TRANSIENT, UNAVAILABLE
+
+# kind -> the status a failure of that kind leaves the video in. Rate limiting and bot checks
+# leave it pending: nothing was learnt about the video itself.
+KIND_STATUS = {
+    "throttled": PENDING,
+    "transient": TRANSIENT,
+    "configuration": TRANSIENT,   # our settings (format, cookies) are at fault, not the video
+    "permanent": UNAVAILABLE,
+    "regional": UNAVAILABLE,      # gone from here; a proxy elsewhere may still get it
+    "needs_auth": NEEDS_AUTH,
+}
+
+# (reason, kind, message patterns), tested in this order: transient ones first
+RULES: list[tuple[str, str, tuple[str, ...]]] = [
+    ("bot_check", "throttled", (
+        "sign in to confirm you're not a bot", "confirm you're not a bot", "captcha",
+        "this content isn't available, try again later", "your ip is likely being blocked")),
+    ("rate_limited", "throttled", (
+        "http error 429", "too many requests", "you've hit the request limit", "rate limit")),
+    ("network", "transient", (
+        "timed out", "timeout", "connection refused", "connection reset", "connection aborted",
+        "failed to establish a new connection", "name or service not known",
+        "temporary failure in name resolution", "incomplete read", "incompleteread",
+        "more expected", "bytes read", "remote end closed", "http error 5", "network is unreachable",
+        "eof occurred")),
+    ("extractor_broken", "transient", (
+        "unable to extract", "please report this issue", "nsig extraction failed",
+        "signature extraction failed", "unable to download api page")),
+    ("not_yet_live", "transient", ("this live event will begin in", "premieres in")),
+    ("age_restricted", "needs_auth", ("sign in to confirm your age", "age-restricted",
+                                      "inappropriate for some users")),
+    ("members_only", "needs_auth", ("join this channel to get access to members-only content",
+                                    "members-only content")),
+    ("paid", "needs_auth", ("requires payment", "music premium")),
+    ("private", "permanent", ("private video",)),
+    ("geo_blocked", "regional", ("not made this video available in your country",
+                                 "not available in your country", "in your country")),
+    ("removed_by_uploader", "permanent", ("this video has been removed by the uploader",
+                                          "removed by the uploader")),
+    ("account_terminated", "permanent", ("youtube account associated with this video has been "
+                                         "terminated", "account associated with this video has "
+                                         "been terminated")),
+    ("copyright", "permanent", ("copyright claim", "blocked it on copyright grounds",
+                                "copyright grounds")),
+    ("policy_removed", "permanent", ("violating youtube's terms of service",
+                                     "community guidelines", "terms of service")),
+    ("format_unavailable", "configuration", ("requested format is not available",)),
+    ("invalid_id", "permanent", ("incomplete youtube id", "unsupported url")),
+    ("not_found", "permanent", ("http error 404", "http error 410")),
+    ("forbidden", "transient", ("http error 403",)),   # YouTube's 403s are mostly throttling
+    ("unavailable_unspecified", "permanent", ("video unavailable", "this video is unavailable",
+                                              "video is not available")),
+]
+REASONS = tuple(r for r, _, _ in RULES) + ("unknown", "file_invalid", "local_error")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one failed attempt is recorded."""
+
+    status: str
+    reason: str
+    kind: str
+    message: str
+    exc_class: str
+    http_status: int | None
+
+    @property
+    def throttled(self) -> bool:
+        """Counts towards the circuit breaker (bot checks, rate limits)."""
+        return self.kind == "throttled"
+
+
+def normalize(msg: str) -> str:
+    """Lower-case with typographic apostrophes and quotes made plain (YouTube uses both)."""
+    msg = msg.lower()
+    for a, b in (("\u2019", "'"), ("\u2018", "'"), ("\u02bc", "'"), ("\u201c", '"'),
+                 ("\u201d", '"')):
+        msg = msg.replace(a, b)
+    return re.sub(r"\s+", " ", msg)
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The root exception: DownloadError keeps it in exc_info[1], others chain it."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        info = getattr(exc, "exc_info", None)
+        nxt = info[1] if isinstance(info, tuple) and len(info) > 1 and info[1] is not None \
+            else getattr(exc, "cause", None) or exc.__cause__
+        if not isinstance(nxt, BaseException):
+            break
+        exc = nxt
+    return exc
+
+
+def _by_class(cause: BaseException, status: int | None) -> tuple[str, str] | None:
+    """(reason, kind) decided by the exception class alone, or None."""
+    names = {c.__name__ for c in type(cause).__mro__}
+    if status == 429:
+        return "rate_limited", "throttled"
+    if status is not None and 500 <= status < 600:
+        return "network", "transient"
+    if "GeoRestrictedError" in names:
+        return "geo_blocked", "regional"
+    if names & {"TransportError", "IncompleteRead", "ContentTooShortError", "TimeoutError",
+                "ConnectionError", "SSLError", "ProxyError"}:
+        return "network", "transient"
+    if "UnsupportedError" in names:
+        return "invalid_id", "permanent"
+    return None
+
+
+def classify(exc: BaseException) -> Outcome:
+    """A failed yt-dlp call (or any exception from one attempt) -> its ledger outcome."""
+    cause = _cause(exc)
+    status = getattr(cause, "status", None)
+    status = status if isinstance(status, int) else None
+    message = str(exc) if str(exc) else repr(exc)
+    text = normalize(f"{message} {cause}")
+    by_class = _by_class(cause, status)
+    reason = kind = None
+    if by_class and by_class[1] in ("throttled", "transient"):
+        reason, kind = by_class                      # transient classes first
+    else:
+        for r, k, patterns in RULES:
+            if any(p in text for p in patterns):
+                reason, kind = r, k
+                break
+        if reason is None and by_class:
+            reason, kind = by_class
+    if reason is None:
+        # an ExtractorError that yt-dlp itself did not expect is a broken extractor
+        if type(cause).__name__ == "ExtractorError" and getattr(cause, "expected", True) is False:
+            reason, kind = "extractor_broken", "transient"
+        else:
+            reason, kind = "unknown", "transient"   # never guess "unavailable"
+    return Outcome(KIND_STATUS[kind], reason, kind, message.strip()[:2000],
+                   type(cause).__name__, status)

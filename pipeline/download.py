@@ -1,0 +1,334 @@
+"""Download a dataset's videos on dask.distributed: shards, resume, circuit breaker, ledger.
+
+The driver (this process) plans shards from the manifest and the ledger, submits one task per
+shard, and follows the workers' per-video events to show progress and run the circuit breaker.
+Each shard task writes only its own journal; at the end (or after a crash, on the next run) the
+journals are sealed into the attempts history and availability.parquet is rebuilt from it."""
+from __future__ import annotations
+
+import collections
+import importlib
+import json
+import logging
+import os
+import random
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+from tqdm import tqdm
+
+from pipeline.cluster import connect
+from pipeline.config import ClusterParams, DownloadParams, to_dict
+from pipeline.fetch import Fetcher, backoff, check_id, file_ok, new_attempt_id, thread_fetcher
+from pipeline.ledger import (AVAILABLE, NEEDS_AUTH, PENDING, TRANSIENT, UNAVAILABLE, Journal,
+                             current_status, now, read_attempts, read_journal, seal_journal,
+                             seal_leftovers, write_availability)
+from pipeline.manifest import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_KINDS = ("transient", "throttled")
+
+
+class DownloadError(RuntimeError):
+    """A download run that cannot start or must stop (bad manifest, low disk)."""
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything one shard task needs; plain data, so it pickles to any worker."""
+
+    run_id: str
+    shard: int
+    videos: tuple                  # ((video_id, url, previous available row or None), ...)
+    params: DownloadParams
+    videos_dir: str
+    ledger_dir: str
+    root: str
+    control: str                   # name of the run's dask Variable and Queue
+    pace_s: float = 0.0
+    extractors: tuple = ()         # "module:Class" yt-dlp extractors tried first (tests)
+
+
+class Control:
+    """Worker side of the run's control channel: events out, pause/stop in (cached 0.5 s)."""
+
+    def __init__(self, name: str):
+        from distributed import Queue, Variable
+        self.events, self.var = Queue(name), Variable(name)
+        self._state, self._read = {}, 0.0
+
+    def state(self) -> dict:
+        if time.monotonic() - self._read > 0.5:
+            self._state = self.var.get(timeout=30) or {}
+            self._read = time.monotonic()
+        return self._state
+
+    def emit(self, **event: Any) -> None:
+        self.events.put(event)
+
+    def stopped(self) -> str | None:
+        return self.state().get("stop")
+
+    def wait_if_paused(self) -> None:
+        while (until := self.state().get("pause_until", 0.0)) > time.time() and not self.stopped():
+            time.sleep(min(1.0, until - time.time()))
+            self._read = 0.0
+
+
+def _load_extractor(spec: str):
+    mod, _, name = spec.partition(":")
+    return getattr(importlib.import_module(mod), name)
+
+
+def _done_in_journal(path: Path) -> set[str]:
+    """Videos a re-scheduled shard task already finished in this run (worker died mid-shard)."""
+    if not path.exists():
+        return set()
+    return {r["video_id"] for r in read_journal(path)
+            if r["status"] == AVAILABLE or r["kind"] not in RETRYABLE_KINDS}
+
+
+def run_shard(job: ShardJob) -> dict:
+    """Runs on a worker: tries each video of the shard, journaling every attempt. -> counts."""
+    ctl = Control(job.control)
+    root, videos_dir = Path(job.root), Path(job.videos_dir)
+    key = (repr(job.params), job.videos_dir, job.root, job.extractors, job.pace_s)
+    fetcher = thread_fetcher(key, lambda: Fetcher(
+        job.params, videos_dir, root, tuple(_load_extractor(e) for e in job.extractors),
+        job.pace_s))
+    rng = random.Random(f"{job.run_id}-{job.shard}")
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    floor = job.params.min_free_gb * 1e9
+    counts: collections.Counter = collections.Counter()
+    journal = Journal(Path(job.ledger_dir), job.run_id, job.shard)
+    done = _done_in_journal(journal.path)
+    with journal:
+        for video_id, url, prev in job.videos:
+            if ctl.stopped():
+                break
+            if video_id in done:
+                continue
+            check_id(video_id)
+            if prev is not None and file_ok(root, prev, job.params.verify):
+                counts["verified"] += 1
+                ctl.emit(video_id=video_id, status=AVAILABLE, reason="verified", kind=None)
+                continue
+            videos_dir.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(videos_dir).free
+            if free < floor:
+                ctl.emit(stop=f"free space at {videos_dir} is {free / 1e9:.2f} GB, below "
+                              f"download.min_free_gb = {job.params.min_free_gb} GB")
+                break
+            out = None
+            for k in range(1, job.params.attempts_per_run + 1):
+                ctl.wait_if_paused()
+                if ctl.stopped():
+                    break
+                started, t0 = now(), time.monotonic()
+                out = fetcher.attempt(video_id, url)
+                journal.append({"attempt_id": new_attempt_id(), "run_id": job.run_id,
+                                "video_id": video_id, "shard": job.shard, "url": url,
+                                "started_at": started, "finished_at": now(),
+                                "elapsed_s": time.monotonic() - t0, "worker": worker, **out})
+                ctl.emit(video_id=video_id, status=out["status"], reason=out["reason"],
+                         kind=out["kind"], final=out["status"] == AVAILABLE
+                         or out["kind"] not in RETRYABLE_KINDS or k == job.params.attempts_per_run,
+                         bytes=out["filesize"] or 0)
+                if out["status"] == AVAILABLE or out["kind"] not in RETRYABLE_KINDS:
+                    break
+                if k < job.params.attempts_per_run:
+                    time.sleep(backoff(job.params, k, rng))
+            counts[out["status"] if out else "stopped"] += 1
+    seal_journal(journal.path)
+    return dict(counts)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+@dataclass
+class Breaker:
+    """Trips when `threshold` throttling failures fall within `window_s`; pauses `cooldown_s`."""
+
+    threshold: int
+    window_s: float
+    cooldown_s: float
+    hits: collections.deque = field(default_factory=collections.deque)
+    paused_until: float = 0.0
+    trips: int = 0
+
+    def record(self, t: float) -> float | None:
+        """Notes one failure at time t; returns the new pause-until time when it trips."""
+        if t < self.paused_until:
+            return None  # failures from requests already in flight when it tripped
+        self.hits.append(t)
+        while self.hits and self.hits[0] < t - self.window_s:
+            self.hits.popleft()
+        if len(self.hits) >= self.threshold:
+            self.hits.clear()
+            self.trips += 1
+            self.paused_until = t + self.cooldown_s
+            return self.paused_until
+        return None
+
+
+def plan(videos: pa.Table, current: pa.Table, p: DownloadParams, recheck: bool
+         ) -> list[tuple[str, str, dict | None]]:
+    """Which videos this run touches: pending and transient ones; available ones for a file
+    check; unavailable / needs_auth only on re-check (needs_auth also when cookies are set)."""
+    by_id = {r["video_id"]: r for r in current.to_pylist()}
+    todo = []
+    for v in sorted(videos.select(["video_id", "url"]).to_pylist(), key=lambda r: r["video_id"]):
+        row = by_id.get(v["video_id"])
+        status = row["status"] if row else PENDING
+        if status == AVAILABLE:
+            todo.append((v["video_id"], v["url"], row))
+        elif (status in (PENDING, TRANSIENT) or recheck
+              or (status == NEEDS_AUTH and p.cookiefile)):
+            todo.append((v["video_id"], v["url"], None))
+    return todo
+
+
+def disk_estimate(todo: list, current: pa.Table, videos: pa.Table, p: DownloadParams) -> float:
+    """Bytes the videos still to fetch will take: the mean size so far, or duration x rate."""
+    sizes = [s for s in current.column("filesize").to_pylist() if s]
+    new = [v for v, _, prev in todo if prev is None]
+    if sizes:
+        return len(new) * sum(sizes) / len(sizes)
+    dur = dict(zip(videos.column("video_id").to_pylist(), videos.column("duration_s").to_pylist()))
+    return sum((dur.get(v) or 300.0) / 60 * p.est_mb_per_minute * 1e6 for v in new)
+
+
+def _postfix(counts: collections.Counter) -> str:
+    return " ".join(f"{k}={n}" for k, n in sorted(counts.items()))
+
+
+def download(dataset: str, videos: pa.Table, p: DownloadParams, cluster: ClusterParams,
+             videos_dir: Path, ledger_dir: Path, availability_path: Path, root: Path,
+             recheck: bool = False, extractors: tuple[str, ...] = (),
+             on_event: Callable[[dict], None] | None = None) -> dict:
+    """Downloads what the ledger says is still needed and rebuilds availability.parquet.
+
+    videos: the manifest's videos table (video_id, url, split, duration_s). Returns a summary
+    with counts per status and reason; raises DownloadError when it had to stop early."""
+    for i, vid in enumerate(videos.column("video_id").to_pylist()):
+        try:
+            check_id(vid)
+        except ValueError as e:
+            raise DownloadError(f"videos table row {i}: {e}") from None
+    sealed = seal_leftovers(ledger_dir)
+    if sealed:
+        log.info("sealed %d journal(s) left by an interrupted run", sealed)
+    current = current_status(videos, read_attempts(ledger_dir))
+    todo = plan(videos, current, p, recheck)
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    n_new = sum(prev is None for _, _, prev in todo)
+    videos_dir.mkdir(parents=True, exist_ok=True)
+    need, free = disk_estimate(todo, current, videos, p), shutil.disk_usage(videos_dir).free
+    log.info("%s: %d videos listed; this run checks %d downloaded files and tries %d videos; "
+             "disk: ~%.2f GB needed, %.2f GB free at %s (floor %.1f GB)", dataset,
+             videos.num_rows, len(todo) - n_new, n_new, need / 1e9, free / 1e9, videos_dir,
+             p.min_free_gb)
+    if need > free - p.min_free_gb * 1e9:
+        log.warning("the estimate exceeds the free space above the floor: the run will stop "
+                    "cleanly at the floor; free space or point data/videos elsewhere")
+    summary: dict[str, Any] = {"dataset": dataset, "run_id": run_id, "listed": videos.num_rows,
+                               "tried": n_new, "checked": len(todo) - n_new, "transient": 0}
+    stop_reason = None
+    if todo:
+        stop_reason, counts, outcomes, trips = _run(dataset, todo, p, cluster, videos_dir,
+                                                    ledger_dir, root, run_id, extractors,
+                                                    on_event)
+        summary.update(by_reason=dict(sorted(counts.items())), breaker_trips=trips,
+                       outcomes=dict(sorted(outcomes.items())),
+                       transient=outcomes[TRANSIENT] + outcomes[PENDING])
+    seal_leftovers(ledger_dir)
+    final = current_status(videos, read_attempts(ledger_dir))
+    write_availability(final, availability_path)
+    statuses = collections.Counter(final.column("status").to_pylist())
+    reasons = collections.Counter(r for r in final.column("reason").to_pylist() if r)
+    summary.update(status=dict(sorted(statuses.items())), reasons=dict(sorted(reasons.items())),
+                   params=to_dict(p), stopped=stop_reason)
+    write_json_atomic(summary, ledger_dir / "runs" / f"{run_id}.json")
+    if stop_reason:
+        raise DownloadError(f"stopped early: {stop_reason}. Everything done so far is in the "
+                            f"ledger; re-run to resume")
+    return summary
+
+
+def _run(dataset, todo, p, cluster, videos_dir, ledger_dir, root, run_id, extractors,
+         on_event):
+    from distributed import Queue, Variable
+    name = f"avl-download-{run_id}"
+    with connect(cluster) as client:
+        slots = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()) or 1
+        pace = 3600.0 * slots / p.max_videos_per_hour if p.max_videos_per_hour else 0.0
+        var, queue = Variable(name, client=client), Queue(name, client=client)
+        var.set({})
+        jobs = [ShardJob(run_id, i, tuple(todo[s:s + p.shard_size]), p, str(videos_dir),
+                         str(ledger_dir), str(root), name, pace, tuple(extractors))
+                for i, s in enumerate(range(0, len(todo), p.shard_size))]
+        log.info("%s: %d shards of up to %d videos on %d worker threads%s", dataset, len(jobs),
+                 p.shard_size, slots, f", paced to {p.max_videos_per_hour:g} videos/h"
+                 if pace else "")
+        futures = client.map(run_shard, jobs, pure=False)
+        breaker = Breaker(p.breaker_threshold, p.breaker_window_s, p.breaker_cooldown_s)
+        counts: collections.Counter = collections.Counter()
+        outcomes: collections.Counter = collections.Counter()
+        stop_reason, resumed_logged = None, True
+        bar = tqdm(total=len(todo), desc=f"download@{dataset}", unit="video", smoothing=0.05,
+                   mininterval=0.5 if os.isatty(2) else 10.0)
+        try:
+            while True:
+                finished = all(f.done() for f in futures)
+                for ev in queue.get(batch=True):
+                    if on_event:
+                        on_event(ev)
+                    if "stop" in ev:
+                        if stop_reason is None:
+                            stop_reason = ev["stop"]
+                            log.error("stopping all workers: %s", stop_reason)
+                            var.set({"stop": stop_reason})
+                        continue
+                    if ev.get("kind") == "throttled":
+                        until = breaker.record(time.time())
+                        if until is not None:
+                            log.warning("CIRCUIT BREAKER TRIPPED (%d): %d bot-check/rate-limit "
+                                        "failures within %.0f s; pausing ALL workers for %.0f s "
+                                        "(until %s UTC). Affected videos stay pending. If this "
+                                        "repeats: set download.cookiefile, a proxy, or lower "
+                                        "download.max_videos_per_hour.", breaker.trips,
+                                        p.breaker_threshold, p.breaker_window_s,
+                                        p.breaker_cooldown_s, datetime.fromtimestamp(
+                                            until, timezone.utc).strftime("%H:%M:%S"))
+                            var.set({"pause_until": until})
+                            resumed_logged = False
+                    if ev.get("final", ev.get("reason") == "verified"):
+                        counts[ev["reason"] or ev["status"]] += 1
+                        outcomes[ev["status"]] += ev.get("reason") != "verified"
+                        bar.update(1)
+                        bar.set_postfix_str(_postfix(counts), refresh=False)
+                if not resumed_logged and time.time() >= breaker.paused_until:
+                    log.warning("circuit breaker cool-down over: workers resume")
+                    resumed_logged = True
+                if finished:
+                    break
+                time.sleep(0.2)
+            for f in futures:
+                f.result()  # a bug in a worker surfaces here
+        except BaseException:
+            var.set({"stop": "driver interrupted"})
+            client.cancel(futures)
+            raise
+        finally:
+            bar.close()
+    log.info("%s: %s", dataset, _postfix(counts) or "nothing to do")
+    return stop_reason, counts, outcomes, breaker.trips

@@ -1,0 +1,224 @@
+"""One video, one attempt: URL safety, yt-dlp (one reused YoutubeDL per thread), probe, hash."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import urllib.parse
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.availability import Outcome, classify
+from pipeline.config import DownloadParams
+from pipeline.ledger import AVAILABLE, TRANSIENT, now
+from pipeline.manifest import YOUTUBE_ID
+from pipeline.media import ProbeError, probe
+from pipeline.sources import sha256_file
+
+log = logging.getLogger(__name__)
+
+
+class UrlRejected(ValueError):
+    """A URL the download stage will not fetch (scheme, or a file: URL outside the root)."""
+
+
+def ytdlp_version() -> str:
+    from yt_dlp.version import __version__
+    return __version__
+
+
+def check_id(video_id: str) -> str:
+    """The id, if it is a valid 11-character YouTube id: only such ids become file names."""
+    if not isinstance(video_id, str) or not YOUTUBE_ID.match(video_id):
+        raise ValueError(f"refusing video id {video_id!r}: not an 11-character YouTube id "
+                         "([A-Za-z0-9_-]); ids become file names")
+    return video_id
+
+
+def resolve_url(url: str, file_root: Path | None, cwd: Path) -> str:
+    """http(s) URLs as they are; file: URLs (absolute, or project-relative `file:data/...`) as an
+    absolute file:// URL, only when the file lies under `file_root`. Anything else raises."""
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme in ("http", "https"):
+        return url
+    if scheme != "file":
+        raise UrlRejected(f"refusing URL {url!r}: only http(s) URLs are fetched "
+                          "(and file: URLs under download.file_root)")
+    if file_root is None:
+        raise UrlRejected(f"refusing URL {url!r}: file: URLs are disabled "
+                          "(set download.file_root to the folder they may point into)")
+    rest = url[len("file:"):]
+    if rest.startswith("//"):
+        parts = urllib.parse.urlsplit(url)
+        if parts.netloc not in ("", "localhost"):
+            raise UrlRejected(f"refusing URL {url!r}: file URLs with a host are not local")
+        rest = parts.path
+    path = Path(urllib.parse.unquote(rest))
+    path = (path if path.is_absolute() else cwd / path).resolve()
+    root = (file_root if file_root.is_absolute() else cwd / file_root).resolve()
+    if not path.is_relative_to(root):
+        raise UrlRejected(f"refusing URL {url!r}: {path} is outside download.file_root {root}")
+    return path.as_uri()
+
+
+class _YdlLog:
+    """yt-dlp's messages into our logging (debug), never onto the terminal."""
+
+    def debug(self, msg: str) -> None:
+        log.debug("yt-dlp: %s", msg)
+
+    info = debug
+
+    def warning(self, msg: str) -> None:
+        log.debug("yt-dlp warning: %s", msg)
+
+    def error(self, msg: str) -> None:
+        log.debug("yt-dlp error: %s", msg)
+
+
+def ydl_options(p: DownloadParams, videos_dir: Path) -> dict[str, Any]:
+    """YoutubeDL options from the download params; files land in videos_dir/<id[:2]>/<id>.<ext>."""
+    opts = {
+        "format": p.format, "format_sort": list(p.format_sort),
+        "merge_output_format": p.merge_output_format,
+        "outtmpl": {"default": str(videos_dir.resolve() / "%(avl_prefix)s" / "%(avl_id)s.%(ext)s")},
+        "retries": p.retries, "fragment_retries": p.fragment_retries,
+        "extractor_retries": p.extractor_retries, "socket_timeout": p.socket_timeout_s,
+        "noplaylist": True, "overwrites": False, "continuedl": True, "noprogress": True,
+        "quiet": True, "no_warnings": True, "logger": _YdlLog(), "color": "no_color",
+        "enable_file_urls": p.file_root is not None,
+    }
+    if p.sleep_interval_s:
+        opts["sleep_interval"] = p.sleep_interval_s
+        if p.max_sleep_interval_s:
+            opts["max_sleep_interval"] = p.max_sleep_interval_s
+    if p.sleep_requests_s:
+        opts["sleep_interval_requests"] = p.sleep_requests_s
+    if p.ratelimit_bytes_s:
+        opts["ratelimit"] = p.ratelimit_bytes_s
+    if p.cookiefile:
+        opts["cookiefile"] = p.cookiefile
+    if p.proxy:
+        opts["proxy"] = p.proxy
+    return opts
+
+
+@dataclass
+class Fetcher:
+    """Downloads videos one at a time with one reused YoutubeDL (so: one Fetcher per thread).
+
+    `extractors` are yt-dlp InfoExtractor classes tried before the built-in ones (tests use a
+    fake YouTube extractor); `pace_s` is the minimum time between this fetcher's videos."""
+
+    params: DownloadParams
+    videos_dir: Path
+    root: Path                                  # project root: paths in the ledger are relative
+    extractors: tuple = ()
+    pace_s: float = 0.0
+    _ydl: Any = field(default=None, repr=False)
+    _last_start: float = field(default=0.0, repr=False)
+
+    def ydl(self):
+        if self._ydl is None:
+            import yt_dlp
+            self._ydl = yt_dlp.YoutubeDL(ydl_options(self.params, self.videos_dir),
+                                         auto_init=False)
+            for ie in self.extractors:
+                self._ydl.add_info_extractor(ie)
+            self._ydl.add_default_info_extractors()
+        return self._ydl
+
+    def _pace(self) -> None:
+        wait = self._last_start + self.pace_s - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self._last_start = time.monotonic()
+
+    def attempt(self, video_id: str, url: str) -> dict:
+        """One try at one video -> the outcome fields of an attempt row (no ids or times).
+
+        Per-item failures become an outcome; KeyboardInterrupt and our own bugs propagate."""
+        check_id(video_id)
+        try:
+            target = resolve_url(url, Path(self.params.file_root) if self.params.file_root
+                                 else None, self.root)
+        except UrlRejected as e:
+            return _failure(Outcome(TRANSIENT, "url_rejected", "configuration", str(e),
+                                    "UrlRejected", None))
+        self._pace()
+        try:
+            info = self.ydl().extract_info(target, download=True, extra_info={
+                "avl_id": video_id, "avl_prefix": video_id[:2]})
+        except Exception as e:  # the one per-item boundary around yt-dlp
+            return _failure(classify(e))
+        return self._finish(info)
+
+    def _finish(self, info: dict) -> dict:
+        downloads = info.get("requested_downloads") or []
+        path = Path(downloads[0]["filepath"]) if downloads else None
+        if path is None or not path.is_file():
+            return _failure(Outcome(TRANSIENT, "local_error", "transient",
+                                    "yt-dlp reported success but no file was written",
+                                    "MissingFile", None))
+        try:
+            meta = probe(path)
+        except ProbeError as e:
+            path.unlink(missing_ok=True)  # never leave a bad file that looks finished
+            return _failure(Outcome(TRANSIENT, "file_invalid", "transient", str(e),
+                                    "ProbeError", None))
+        meta.pop("has_video")
+        return {"status": AVAILABLE, "reason": None, "kind": None, "message": None,
+                "exc_class": None, "http_status": None, "ytdlp_version": ytdlp_version(),
+                "path": os.path.relpath(path, self.root), "filesize": path.stat().st_size,
+                "sha256": sha256_file(path), "format_id": info.get("format_id"), **meta}
+
+
+def _failure(o: Outcome) -> dict:
+    return {"status": o.status, "reason": o.reason, "kind": o.kind, "message": o.message,
+            "exc_class": o.exc_class, "http_status": o.http_status,
+            "ytdlp_version": ytdlp_version(), "path": None, "filesize": None, "sha256": None,
+            "duration_s": None, "width": None, "height": None, "vcodec": None, "acodec": None,
+            "has_audio": None, "format_id": None}
+
+
+def file_ok(root: Path, row: dict, verify: str) -> bool:
+    """An available video's file is still there and unchanged (size, and sha256 if asked)."""
+    if not row.get("path"):
+        return False
+    path = root / row["path"]
+    try:
+        if path.stat().st_size != row["filesize"]:
+            return False
+    except OSError:
+        return False
+    return verify == "size" or sha256_file(path) == row["sha256"]
+
+
+def backoff(p: DownloadParams, k: int, rng: random.Random) -> float:
+    """Wait before try k+1 (k >= 1): exponential from backoff_s, capped, with +-50 % jitter."""
+    return min(p.max_backoff_s, p.backoff_s * 2 ** (k - 1)) * rng.uniform(0.5, 1.5)
+
+
+def new_attempt_id() -> str:
+    return uuid.uuid4().hex
+
+
+_local = threading.local()
+
+
+def thread_fetcher(key: Any, make: Callable[[], Fetcher]) -> Fetcher:
+    """This thread's Fetcher for `key` (one per worker thread, built once, reused)."""
+    cache = getattr(_local, "fetchers", None)
+    if cache is None:
+        cache = _local.fetchers = {}
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
+__all__ = ["Fetcher", "UrlRejected", "backoff", "check_id", "file_ok", "new_attempt_id",
+           "now", "resolve_url", "thread_fetcher", "ydl_options", "ytdlp_version"]
