@@ -103,25 +103,19 @@ def _load(manifest_dir: Path) -> tuple[list[dict], list[tuple[str, str]], list[s
     states = []
     for v in videos:
         r = ledger.get(v["video_id"], {})
-        states.append({"video_id": v["video_id"], "splits": v["split"].split(","),
-                       "status": r.get("status", PENDING), "reason": r.get("reason"),
-                       "has_audio": r.get("has_audio"), "last_checked": r.get("last_checked"),
-                       "ytdlp_version": r.get("ytdlp_version")})
+        st = {"video_id": v["video_id"], "splits": v["split"].split(","),
+              "status": r.get("status", PENDING), "reason": r.get("reason"),
+              "has_audio": r.get("has_audio"), "last_checked": r.get("last_checked"),
+              "ytdlp_version": r.get("ytdlp_version")}
+        # usable = available with an audio stream; otherwise `why` says what is missing
+        st["usable"] = st["status"] == AVAILABLE and st["has_audio"] is True
+        st["why"] = None if st["usable"] else "no_audio" if st["status"] == AVAILABLE \
+            else st["reason"] or ("not_checked" if st["status"] == PENDING else "unknown")
+        states.append(st)
     extra = len(set(ledger) - {v["video_id"] for v in videos})
     if extra:
         log.warning("%s: %d videos are not in the manifest any more; ignored", apath, extra)
     return states, clips, order, apath.exists()
-
-
-def _usable(s: dict) -> bool:
-    return s["status"] == AVAILABLE and s["has_audio"] is True
-
-
-def _missing_reason(s: dict) -> str:
-    """Why a video that is not usable is missing: the ledger's reason, or no_audio/not_checked."""
-    if s["status"] == AVAILABLE:
-        return "no_audio"
-    return s["reason"] or ("not_checked" if s["status"] == PENDING else "unknown")
 
 
 def _changes(previous: dict, states: list[dict]) -> dict[str, list[str]]:
@@ -140,7 +134,7 @@ def _changes(previous: dict, states: list[dict]) -> dict[str, list[str]]:
 
 
 def _summarize(ds: str, states: list[dict], clips: list[tuple[str, str]], order: list[str],
-               ledger_found: bool, previous: dict | None, audit_date: str) -> dict:
+               ledger_found: bool, previous: dict | None) -> dict:
     splits = {k: {"videos_listed": 0, "videos_available": 0, "videos_with_audio": 0,
                   "clips_listed": 0, "clips_covered": 0, "by_status": dict.fromkeys(STATUSES, 0),
                   "by_reason": Counter()} for k in [*order, TOTAL]}
@@ -150,10 +144,10 @@ def _summarize(ds: str, states: list[dict], clips: list[tuple[str, str]], order:
             c["videos_listed"] += 1
             c["by_status"][s["status"]] = c["by_status"].get(s["status"], 0) + 1
             c["videos_available"] += s["status"] == AVAILABLE
-            c["videos_with_audio"] += _usable(s)
-            if not _usable(s):
-                c["by_reason"][_missing_reason(s)] += 1
-    usable = {s["video_id"] for s in states if _usable(s)}
+            c["videos_with_audio"] += s["usable"]
+            if not s["usable"]:
+                c["by_reason"][s["why"]] += 1
+    usable = {s["video_id"] for s in states if s["usable"]}
     for vid, split in clips:
         for k in (split, TOTAL):
             splits[k]["clips_listed"] += 1
@@ -173,7 +167,8 @@ def _summarize(ds: str, states: list[dict], clips: list[tuple[str, str]], order:
         changes = {"previous_audit": previous.get("audit_date"),
                    **{k: {"count": len(v), "ids": v[:MAX_IDS], "ids_truncated": len(v) > MAX_IDS}
                       for k, v in full.items()}}
-    return {"dataset": ds, "audit_date": audit_date, "ledger_found": ledger_found,
+    return {"dataset": ds, "audit_date": now().isoformat(timespec="seconds"),
+            "ledger_found": ledger_found,
             "newest_last_checked": max(checked).isoformat() if checked else None,
             "ytdlp_versions": dict(sorted(Counter(s["ytdlp_version"] for s in states
                                                   if s["ytdlp_version"]).items())),
@@ -187,9 +182,7 @@ def audit_dataset(ds: str, manifest_dir: Path, previous: dict | None) -> dict:
     per split and `total`: videos listed/available/with audio, counts by status and by reason,
     clips listed/covered (video available with audio) and coverage fraction, the paper's count;
     plus audit date, newest last_checked, yt-dlp versions and the changes since `previous`."""
-    states, clips, order, found = _load(Path(manifest_dir))
-    return _summarize(ds, states, clips, order, found, previous,
-                      now().isoformat(timespec="seconds"))
+    return _summarize(ds, *_load(Path(manifest_dir)), previous)
 
 
 def read_snapshot(path: Path) -> dict | None:
@@ -221,78 +214,86 @@ def audit_and_write(ds: str, manifest_dir: Path, out: Path) -> dict:
     out, snap = Path(out), Path(out) / ds / "snapshot.parquet"
     states, clips, order, found = _load(Path(manifest_dir))
     previous = read_snapshot(snap)
-    result = _summarize(ds, states, clips, order, found, previous,
-                        now().isoformat(timespec="seconds"))
+    result = _summarize(ds, states, clips, order, found, previous)
     write_report(result, out)
     date = result["audit_date"]
     for split in order:
-        ids = sorted(s["video_id"] for s in states if split in s["splits"] and not _usable(s))
+        ids = sorted(s["video_id"] for s in states if split in s["splits"] and not s["usable"])
         _id_file(out / ds / split / "missing_ids.txt", f"{ds} {split}: YouTube ids of the "
                  f"videos not available with audio, audit {date}", ids)
-    if previous is not None:
-        for k, ids in _changes(previous, states).items():
-            _id_file(out / ds / "changes" / f"{k}.txt", f"{ds}: videos {k.replace('_', ' ')} "
-                     f"between the audits of {previous['audit_date']} and {date}", ids)
+    for k, ids in (_changes(previous, states) if previous else dict.fromkeys(CHANGES)).items():
+        f = out / ds / "changes" / f"{k}.txt"
+        if ids is None:  # first audit (or the snapshot was deleted): no stale lists
+            f.unlink(missing_ok=True)
+        else:
+            _id_file(f, f"{ds}: videos {k.replace('_', ' ')} between the audits of "
+                     f"{previous['audit_date']} and {date}", ids)
     table = pa.Table.from_pylist([{k: s[k] for k in ("video_id", "status", "reason", "has_audio")}
                                   for s in states], schema=SNAPSHOT_SCHEMA)
     write_parquet_atomic(table.replace_schema_metadata({"audit_date": date, "dataset": ds}), snap)
     return result
 
 
-
 def _n(x) -> str:
     return "-" if x is None else f"{x:,}"
 
 
-def _paper_cell(p: dict | None) -> str:
+def _paper_cell(p: dict | None, ours: bool = True) -> str:
+    """'9,586 of 10,337 clips (ours 9,012)'; '-' when the paper has no count for the split."""
     if p is None:
         return "-"
-    unit = p["measure"].split("_")[0] + (" with audio" if p["measure"] == "videos_with_audio" else "")
-    text = f"{_n(p['count'])}" + (f" of {_n(p['listed'])}" if p["listed"] else "") + f" {unit}"
-    return text + (" (not comparable)" if not p["comparable"] else "")
+    unit = {"clips_covered": "clips", "videos_available": "videos"}.get(p["measure"],
+                                                                       "videos with audio")
+    text = _n(p["count"]) + (f" of {_n(p['listed'])}" if p["listed"] else "") + f" {unit}"
+    return text + (" (not comparable)" if not p["comparable"] else "") \
+        + (f" (ours {_n(p['ours'])})" if ours else "")
+
+
+_HEADER = ["videos listed | available | with audio | clips listed | clips covered | coverage "
+           "| paper's count |", "--:|--:|--:|--:|--:|--:|---|"]
+
+
+def _cells(c: dict) -> str:
+    cov = "-" if c["clip_coverage"] is None else f"{100 * c['clip_coverage']:.1f}%"
+    return " | ".join([*(_n(c[k]) for k in ("videos_listed", "videos_available",
+                                              "videos_with_audio", "clips_listed",
+                                              "clips_covered")), cov, _paper_cell(c["paper"])])
 
 
 def _markdown(r: dict) -> str:
-    ds, sp = r["dataset"], r["splits"]
+    ds, sp, ch = r["dataset"], r["splits"], r["changes"]
     lines = [f"# Availability audit: {ds}", "",
              f"Audit {r['audit_date']}; newest check {r['newest_last_checked'] or 'none'}; "
              f"yt-dlp {', '.join(r['ytdlp_versions']) or 'none recorded'}.", ""]
     if not r["ledger_found"]:
-        lines += ["**No availability.parquet: every video counts as pending** (run the download "
-                  "stage).", ""]
-    lines += ["| split | videos listed | available | with audio | clips listed | clips covered "
-              "| coverage | paper's count (ours) |", "|---|--:|--:|--:|--:|--:|--:|---|"]
-    for k, c in sp.items():
-        cov = "-" if c["clip_coverage"] is None else f"{100 * c['clip_coverage']:.1f}%"
-        paper = _paper_cell(c["paper"]) + (f" ({_n(c['paper']['ours'])})" if c["paper"] else "")
-        lines.append(f"| {k} | {_n(c['videos_listed'])} | {_n(c['videos_available'])} | "
-                     f"{_n(c['videos_with_audio'])} | {_n(c['clips_listed'])} | "
-                     f"{_n(c['clips_covered'])} | {cov} | {paper} |")
-    notes = [f"- {k}: {c['paper']['note']}" for k, c in sp.items() if c["paper"] and c["paper"]["note"]]
-    lines += ["", "Clips covered: clips whose video is available with an audio stream.", *notes]
-    reasons = sp[TOTAL]["by_reason"]
-    lines += ["", "## Why videos are missing (all splits)", "", "| reason | videos | what it means |",
-              "|---|--:|---|"]
-    lines += [f"| {k} | {_n(n)} | {REASON_MEANING.get(k, 'see `message` in availability.parquet')} |"
-              for k, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))]
-    lines += ["", "Status counts (all splits): " + ", ".join(
-        f"{k} {_n(n)}" for k, n in sp[TOTAL]["by_status"].items()), "", "## Since the last audit", ""]
-    ch = r["changes"]
-    if ch is None:
-        lines.append("First audit here: nothing to compare.")
-    else:
-        lines.append(f"Previous audit: {ch['previous_audit']}.")
-        for k in CHANGES:
-            ids = ch[k]["ids"][:20]
-            more = ", ..." if ch[k]["count"] > len(ids) else ""
-            lines.append(f"- {k.replace('_', ' ')}: {_n(ch[k]['count'])}"
-                         + (f" ({', '.join(ids)}{more})" if ids else ""))
-    lines += ["", f"Missing ids per split: `{ds}/<split>/missing_ids.txt`."]
+        lines += ["**No availability.parquet: every video counts as pending** (run the "
+                  "download stage).", ""]
+    lines += [f"| split | {_HEADER[0]}", f"|---|{_HEADER[1]}"]
+    lines += [f"| {k} | {_cells(c)} |" for k, c in sp.items()]
+    lines += ["", "Clips covered: clips whose video is available with an audio stream.",
+              *(f"- {k}: {c['paper']['note']}" for k, c in sp.items()
+                if c["paper"] and c["paper"]["note"])]
+    lines += ["", "## Why videos are missing (all splits)", "",
+              "| reason | videos | what it means |", "|---|--:|---|"]
+    lines += [f"| {k} | {_n(n)} | {REASON_MEANING.get(k, 'see `message` in availability.parquet')}"
+              " |" for k, n in sorted(sp[TOTAL]["by_reason"].items(), key=lambda kv: -kv[1])]
+    if not sp[TOTAL]["by_reason"]:
+        lines[-2:] = ["Every listed video is available with audio."]
+    lines += ["", "Status (all splits): " + ", ".join(
+        f"{k} {_n(n)}" for k, n in sp[TOTAL]["by_status"].items()), "", "## Since the last audit",
+        "", "First audit here: nothing to compare." if ch is None
+        else f"Previous audit: {ch['previous_audit']}."]
+    for k in CHANGES if ch else ():
+        ids = ch[k]["ids"][:20]
+        more = ", ..." if ch[k]["count"] > len(ids) else ""
+        lines.append(f"- {k.replace('_', ' ')}: {_n(ch[k]['count'])}"
+                     + (f" ({', '.join(ids)}{more})" if ids else ""))
+    lines += ["", f"Ids: `{ds}/<split>/missing_ids.txt`, `{ds}/changes/*.txt`."]
     return "\n".join(lines) + "\n"
 
 
 def _chart(r: dict, path: Path) -> None:
-    """Horizontal 100%-stacked bars of status per split, with the listed count on each bar."""
+    """Horizontal 100%-stacked bars of status per split, with the listed count beside each."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -302,23 +303,20 @@ def _chart(r: dict, path: Path) -> None:
     ax = fig.add_subplot()
     left = [0.0] * len(names)
     for key, colour in COLOURS.items():
-        vals = []
-        for k in names:
-            c = r["splits"][k]
-            n = c["videos_available"] - c["videos_with_audio"] if key == "available_no_audio" \
-                else c["videos_with_audio"] if key == AVAILABLE else c["by_status"][key]
-            vals.append(100 * n / max(c["videos_listed"], 1))
-        label = {"available": "available, with audio",
-                 "available_no_audio": "available, no audio"}.get(key, key)
-        ax.barh(names, vals, left=left, color=colour, label=label)
+        cs = [r["splits"][k] for k in names]
+        n = [c["videos_available"] - c["videos_with_audio"] for c in cs] \
+            if key == "available_no_audio" else [c["videos_with_audio"] for c in cs] \
+            if key == AVAILABLE else [c["by_status"][key] for c in cs]
+        vals = [100 * x / max(c["videos_listed"], 1) for x, c in zip(n, cs)]
+        ax.barh(names, vals, left=left, color=colour, label={
+            "available": "available, with audio",
+            "available_no_audio": "available, no audio"}.get(key, key))
         left = [a + b for a, b in zip(left, vals)]
     for i, k in enumerate(names):
         ax.text(101, i, f"{r['splits'][k]['videos_listed']:,} videos", va="center", fontsize=8)
-    ax.set_xlim(0, 118)
-    ax.set_xticks(range(0, 101, 20))
+    ax.set(xlim=(0, 118), xticks=range(0, 101, 20), xlabel="% of the split's videos",
+           title=f"{r['dataset']}: availability by split (audit {r['audit_date'][:10]})")
     ax.invert_yaxis()
-    ax.set_xlabel("% of the split's videos")
-    ax.set_title(f"{r['dataset']}: availability by split (audit {r['audit_date'][:10]})")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(names) < 3 else -0.2),
               ncol=3, fontsize=8, frameon=False)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -336,26 +334,17 @@ def write_report(result: dict, out: Path) -> None:
 
 def write_summary(results: dict[str, dict], out: Path) -> None:
     """<out>/summary.json and summary.md: one row per dataset and split (and its total)."""
-    rows = []
-    for ds, r in results.items():
-        for k, c in r["splits"].items():
-            rows.append({"dataset": ds, "split": k, "audit_date": r["audit_date"],
-                         **{f: c[f] for f in ("videos_listed", "videos_available",
-                                              "videos_with_audio", "clips_listed",
-                                              "clips_covered", "clip_coverage")},
-                         "paper": _paper_cell(c["paper"]) if c["paper"] else None})
+    keys = ("videos_listed", "videos_available", "videos_with_audio", "clips_listed",
+            "clips_covered", "clip_coverage")
+    rows = [{"dataset": ds, "split": k, "audit_date": r["audit_date"],
+             "ledger_found": r["ledger_found"], **{f: c[f] for f in keys},
+             "paper": _paper_cell(c["paper"], ours=False) if c["paper"] else None}
+            for ds, r in results.items() for k, c in r["splits"].items()]
     write_json_atomic({"rows": rows}, Path(out) / "summary.json")
     no_ledger = [ds for ds, r in results.items() if not r["ledger_found"]]
-    lines = ["# Availability audit: summary", ""]
-    if no_ledger:
-        lines += [f"No availability.parquet (all videos pending): {', '.join(no_ledger)}.", ""]
-    lines += [
-             "| dataset | split | videos | available | with audio | clips | covered | coverage "
-             "| paper |", "|---|---|--:|--:|--:|--:|--:|--:|---|"]
-    for w in rows:
-        cov = "-" if w["clip_coverage"] is None else f"{100 * w['clip_coverage']:.1f}%"
-        lines.append(f"| {w['dataset']} | {w['split']} | {_n(w['videos_listed'])} | "
-                     f"{_n(w['videos_available'])} | {_n(w['videos_with_audio'])} | "
-                     f"{_n(w['clips_listed'])} | {_n(w['clips_covered'])} | {cov} | "
-                     f"{w['paper'] or '-'} |")
+    lines = ["# Availability audit: summary", "", *(
+        [f"No availability.parquet (every video pending): {', '.join(no_ledger)}.", ""]
+        if no_ledger else []), f"| dataset | split | {_HEADER[0]}", f"|---|---|{_HEADER[1]}"]
+    lines += [f"| {ds} | {k} | {_cells(c)} |" for ds, r in results.items()
+              for k, c in r["splits"].items()]
     _write_text("\n".join(lines) + "\n", Path(out) / "summary.md")

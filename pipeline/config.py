@@ -243,9 +243,11 @@ class DownloadParams:
     cookiefile: str | None = param(None, "Netscape cookies.txt for age/member/bot-checked "
                                          "videos (keep it out of git)")
     proxy: str | None = param(None, "proxy URL, e.g. socks5://127.0.0.1:1080")
-    file_root: str | None = param(None, "the only folder file: URLs may point into (the demo: "
-                                        "data/demo); null refuses all file: URLs")
-    shard_size: int = param(500, "videos per shard: the unit of work and of ledger files", ge=1)
+    file_root: str | None = param("data/demo", "the only folder file: URLs may point into (the "
+                                               "demo's); null refuses all file: URLs")
+    shard_size: int = param(500, "most videos per shard (the unit of work and of ledger files); "
+                                 "smaller when needed to give every worker thread 4 shards",
+                            ge=1)
     recheck_unavailable: bool = param(False, "also re-try videos recorded as unavailable or "
                                              "needs_auth (videos do come back)")
     verify: Literal["sha256", "size"] = param("sha256", "how re-runs check downloaded files: "

@@ -10,6 +10,7 @@ import collections
 import importlib
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -273,11 +274,12 @@ def _run(dataset, todo, p, cluster, videos_dir, ledger_dir, root, run_id, extrac
         pace = 3600.0 * slots / p.max_videos_per_hour if p.max_videos_per_hour else 0.0
         var, queue = Variable(name, client=client), Queue(name, client=client)
         var.set({})
-        jobs = [ShardJob(run_id, i, tuple(todo[s:s + p.shard_size]), p, str(videos_dir),
+        size = max(1, min(p.shard_size, math.ceil(len(todo) / (4 * slots))))
+        jobs = [ShardJob(run_id, i, tuple(todo[s:s + size]), p, str(videos_dir),
                          str(ledger_dir), str(root), name, pace, tuple(extractors))
-                for i, s in enumerate(range(0, len(todo), p.shard_size))]
+                for i, s in enumerate(range(0, len(todo), size))]
         log.info("%s: %d shards of up to %d videos on %d worker threads%s", dataset, len(jobs),
-                 p.shard_size, slots, f", paced to {p.max_videos_per_hour:g} videos/h"
+                 size, slots, f", paced to {p.max_videos_per_hour:g} videos/h"
                  if pace else "")
         futures = client.map(run_shard, jobs, pure=False)
         breaker = Breaker(p.breaker_threshold, p.breaker_window_s, p.breaker_cooldown_s)

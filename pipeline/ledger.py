@@ -176,7 +176,7 @@ def read_attempts(ledger_dir: Path) -> pa.Table:
             else attempts_table(read_journal(p))
         keep = [i for i, a in enumerate(t.column("attempt_id").to_pylist()) if a not in seen]
         seen.update(t.column("attempt_id").to_pylist())
-        tables.append(t.take(keep) if len(keep) != t.num_rows else t)
+        tables.append(t.take(pa.array(keep, pa.int64())) if len(keep) != t.num_rows else t)
     if not tables:
         return ATTEMPT_SCHEMA.empty_table()
     t = pa.concat_tables(tables)

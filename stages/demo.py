@@ -11,7 +11,7 @@ import yaml
 
 from pipeline.config import load_params, to_dict
 from pipeline.demo import DemoError, generate
-from pipeline.sources import sha256_file
+from pipeline.sources import sha256_file, sha256_tree
 from stages.common import run
 
 log = logging.getLogger("stages.demo")
@@ -36,11 +36,14 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(args.out)
         summary = generate(p, args.out, url_root=root)
         (args.out / "params.resolved.yaml").write_text(yaml.safe_dump(to_dict(p)))
-        spec = {"default_dir": root,
+        # media_sha256 pins the media too, so download@demo (which depends on this file)
+        # re-runs when the generated videos change even if the annotations do not
+        spec = {"default_dir": root, "media_sha256": sha256_tree(args.out / "videos"),
                 "files": [{"name": "annotations", "path": "annotations.json", "url": None,
                            "sha256": sha256_file(args.out / "annotations.json")}]}
         args.source_spec.parent.mkdir(parents=True, exist_ok=True)
-        args.source_spec.write_text("# Written by stage `demo`: pins the generated annotations."
+        args.source_spec.write_text("# Written by stage `demo`: pins the generated annotations "
+                                    "and media."
                                     "\n" + yaml.safe_dump(spec, sort_keys=False))
         log.info("demo: %s", summary)
         return 0

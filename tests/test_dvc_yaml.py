@@ -96,7 +96,7 @@ def test_cmd_paths_are_declared_and_params_exist(name):
     declared = _paths(st.get("deps")) | _paths(st.get("outs"))
     cmd = shlex.split(st["cmd"])
     for flag, value in zip(cmd, cmd[1:]):
-        if flag in ("--out", "--source-spec"):
+        if flag in ("--out", "--source-spec", "--manifest", "--manifests", "--videos", "--ledger"):
             assert any(d == value or d.startswith(value.rstrip("/") + "/") for d in declared), (
                 f"{name}: {flag} {value} is neither a dep nor an out")
     params = load_params(ROOT / "params.yaml")
