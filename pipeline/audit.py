@@ -64,6 +64,8 @@ REASON_MEANING = {
     "invalid_id": "permanent: not a valid YouTube id or URL",
     "file_invalid": "the downloaded file failed its checks; re-run to download it again",
     "local_error": "an error on this machine (disk, ffmpeg); fix it and re-run",
+    "url_rejected": "configuration: the URL is not http(s) or a file: URL outside "
+                    "download.file_root; fix the manifest or the setting",
     "unknown": "unclassified error: read `message` in availability.parquet",
     "no_audio": "downloaded, but the file has no audio stream: unusable for audio-video work",
     "not_checked": "pending: never tried; run the download stage",

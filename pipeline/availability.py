@@ -62,7 +62,7 @@ RULES: list[tuple[str, str, tuple[str, ...]]] = [
     ("unavailable_unspecified", "permanent", ("video unavailable", "this video is unavailable",
                                               "video is not available")),
 ]
-REASONS = tuple(r for r, _, _ in RULES) + ("unknown", "file_invalid", "local_error")
+REASONS = tuple(r for r, _, _ in RULES) + ("unknown", "file_invalid", "local_error", "url_rejected")
 
 
 @dataclass(frozen=True)
