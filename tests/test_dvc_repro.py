@@ -2,6 +2,7 @@
 and a param change re-runs only the stage that reads it."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import yaml
 
 from tests.conftest import ROOT
 
+TINY_CLUSTER = {"workers": 1, "threads_per_worker": 2, "processes": True}
 TINY_DEMO = {"n_videos": 4, "n_val": 1, "n_concepts": 3, "min_duration_s": 5.0,
              "max_duration_s": 6.0, "segments_per_video": 1,
              "frame_sizes": ["320x240"], "fps": 30, "workers": 2}
@@ -47,21 +49,33 @@ def project(tmp_path_factory) -> Path:
         if (ROOT / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest / rel)
-    _set_params(dest, lambda d: d["demo"].update(TINY_DEMO))
+    _set_params(dest, lambda d: (d["demo"].update(TINY_DEMO), d["cluster"].update(TINY_CLUSTER)))
     _run(dest, "git", "init", "-q")
     _run(dest, "git", "add", "-A")
     _run(dest, "git", "commit", "-qm", "clone")
     return dest
 
 
-def test_repro_runs_demo_and_manifest(project):
+def test_repro_runs_demo_manifest_download_and_audit(project):
     out = _run(project, "dvc", "repro")
-    assert "Running stage 'demo'" in out and "Running stage 'manifest@demo'" in out
+    for stage in ("demo", "manifest@demo", "download@demo", "audit"):
+        assert f"Running stage '{stage}'" in out
     videos = pq.read_table(project / "manifests/demo/videos.parquet").to_pylist()
     assert len(videos) == 4
     assert sorted({v["split"] for v in videos}) == ["train", "val"]
     for v in videos:
         assert (project / v["url"].removeprefix("file:")).is_file()
+    # every demo video went through yt-dlp into data/videos and the ledger
+    avail = pq.read_table(project / "manifests/demo/availability.parquet").to_pylist()
+    assert [a["status"] for a in avail] == ["available"] * 4
+    for a in avail:
+        assert a["path"].startswith("data/videos/demo/") and a["has_audio"]
+        assert (project / a["path"]).read_bytes() == \
+            (project / a["url"].removeprefix("file:")).read_bytes()
+    assert list((project / "data/ledger/demo").glob("attempts-*.parquet"))
+    report = json.loads((project / "reports/availability/demo.json").read_text())
+    assert report["splits"]["total"]["videos_with_audio"] == 4
+    assert (project / "reports/availability/summary.md").is_file()
 
 
 def test_second_repro_does_nothing(project):
@@ -76,4 +90,17 @@ def test_one_param_change_reruns_only_its_stage(project):
     assert "manifest@demo" in status and "demo:" not in status.replace("manifest@demo:", "")
     out = _run(project, "dvc", "repro")
     assert "Running stage 'manifest@demo'" in out and "Running stage 'demo'" not in out
+    assert "up to date" in _run(project, "dvc", "status")
+
+
+def test_download_param_change_resumes_without_refetching(project):
+    ledger = project / "data/ledger/demo"
+    before = sorted(p.name for p in ledger.glob("attempts-*.parquet"))
+    _set_params(project, lambda d: d["download"].update(verify="size"))
+    out = _run(project, "dvc", "repro")
+    assert "Running stage 'download@demo'" in out
+    assert "Running stage 'demo'" not in out and "Running stage 'manifest@demo'" not in out
+    # persist: the media and history survived; every file was checked, none fetched again
+    assert sorted(p.name for p in ledger.glob("attempts-*.parquet")) == before
+    assert "verified=4" in out
     assert "up to date" in _run(project, "dvc", "status")
