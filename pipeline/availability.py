@@ -119,6 +119,8 @@ def _by_class(cause: BaseException, status: int | None) -> tuple[str, str] | Non
         return "network", "transient"
     if "UnsupportedError" in names:
         return "invalid_id", "permanent"
+    if "FileNotFoundError" in names:   # a file: URL (the demo) whose file is gone
+        return "not_found", "permanent"
     return None
 
 

@@ -7,6 +7,7 @@ journals are sealed into the attempts history and availability.parquet is rebuil
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib
 import json
 import logging
@@ -190,8 +191,9 @@ def plan(videos: pa.Table, current: pa.Table, p: DownloadParams, recheck: bool
     for v in sorted(videos.select(["video_id", "url"]).to_pylist(), key=lambda r: r["video_id"]):
         row = by_id.get(v["video_id"])
         status = row["status"] if row else PENDING
-        if status == AVAILABLE:
-            todo.append((v["video_id"], v["url"], row))
+        if status == AVAILABLE:  # only what the file check needs travels to the workers
+            todo.append((v["video_id"], v["url"],
+                         {k: row[k] for k in ("path", "filesize", "sha256")}))
         elif (status in (PENDING, TRANSIENT) or recheck
               or (status == NEEDS_AUTH and p.cookiefile)):
             todo.append((v["video_id"], v["url"], None))
@@ -332,5 +334,8 @@ def _run(dataset, todo, p, cluster, videos_dir, ledger_dir, root, run_id, extrac
             raise
         finally:
             bar.close()
+            with contextlib.suppress(Exception):  # an external scheduler keeps named state
+                var.delete()
+                queue.close()
     log.info("%s: %s", dataset, _postfix(counts) or "nothing to do")
     return stop_reason, counts, outcomes, breaker.trips
