@@ -91,18 +91,31 @@ def normalize(msg: str) -> str:
     return re.sub(r"\s+", " ", msg)
 
 
-def _cause(exc: BaseException) -> BaseException:
-    """The root exception: DownloadError keeps it in exc_info[1], others chain it."""
-    seen = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
+def _chain(exc: BaseException) -> list[BaseException]:
+    """exc and its causes, outermost first: DownloadError keeps its cause in exc_info[1],
+    ExtractorError in exc_info or .cause, others chain with __cause__."""
+    chain = [exc]
+    while len(chain) < 20:
         info = getattr(exc, "exc_info", None)
         nxt = info[1] if isinstance(info, tuple) and len(info) > 1 and info[1] is not None \
             else getattr(exc, "cause", None) or exc.__cause__
-        if not isinstance(nxt, BaseException):
+        if not isinstance(nxt, BaseException) or any(nxt is c for c in chain):
             break
-        exc = nxt
-    return exc
+        chain.append(exc := nxt)
+    return chain
+
+
+# yt-dlp prefixes messages with "ERROR: [extractor] VIDEO_ID: "; the id must not decide a reason
+_PREFIX = re.compile(r"^(?:error:\s*)?\[[^\]]+\]\s*(?:[^\s:]+:\s)?")
+
+
+def _text(chain: list[BaseException]) -> str:
+    """The messages of the chain, normalised, without yt-dlp's extractor/id prefixes."""
+    parts = []
+    for e in chain:
+        msg = getattr(e, "orig_msg", None) or str(e)
+        parts.append(_PREFIX.sub("", normalize(msg)))
+    return " | ".join(parts)
 
 
 def _by_class(cause: BaseException, status: int | None) -> tuple[str, str] | None:
@@ -121,32 +134,29 @@ def _by_class(cause: BaseException, status: int | None) -> tuple[str, str] | Non
         return "invalid_id", "permanent"
     if "FileNotFoundError" in names:   # a file: URL (the demo) whose file is gone
         return "not_found", "permanent"
+    if "ExtractorError" in names and getattr(cause, "expected", True) is False:
+        return "extractor_broken", "transient"  # yt-dlp did not expect it: a broken extractor
     return None
 
 
 def classify(exc: BaseException) -> Outcome:
     """A failed yt-dlp call (or any exception from one attempt) -> its ledger outcome."""
-    cause = _cause(exc)
-    status = getattr(cause, "status", None)
-    status = status if isinstance(status, int) else None
+    chain = _chain(exc)
+    cause = chain[-1]
+    status = next((s for e in chain if isinstance(s := getattr(e, "status", None), int)), None)
     message = str(exc) if str(exc) else repr(exc)
-    text = normalize(f"{message} {cause}")
-    by_class = _by_class(cause, status)
     reason = kind = None
-    if by_class and by_class[1] in ("throttled", "transient"):
-        reason, kind = by_class                      # transient classes first
-    else:
+    for e in reversed(chain):   # the exception class decides first (transient ones among them)
+        if by_class := _by_class(e, status):
+            reason, kind = by_class
+            break
+    if reason is None:
+        text = _text(chain)
         for r, k, patterns in RULES:
             if any(p in text for p in patterns):
                 reason, kind = r, k
                 break
-        if reason is None and by_class:
-            reason, kind = by_class
     if reason is None:
-        # an ExtractorError that yt-dlp itself did not expect is a broken extractor
-        if type(cause).__name__ == "ExtractorError" and getattr(cause, "expected", True) is False:
-            reason, kind = "extractor_broken", "transient"
-        else:
-            reason, kind = "unknown", "transient"   # never guess "unavailable"
+        reason, kind = "unknown", "transient"   # never guess "unavailable"
     return Outcome(KIND_STATUS[kind], reason, kind, message.strip()[:2000],
                    type(cause).__name__, status)

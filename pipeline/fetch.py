@@ -90,7 +90,7 @@ def ydl_options(p: DownloadParams, videos_dir: Path) -> dict[str, Any]:
         "extractor_retries": p.extractor_retries, "socket_timeout": p.socket_timeout_s,
         "noplaylist": True, "overwrites": False, "continuedl": True, "noprogress": True,
         "quiet": True, "no_warnings": True, "logger": _YdlLog(), "color": "no_color",
-        "enable_file_urls": p.file_root is not None,
+        "enable_file_urls": False,
     }
     if p.sleep_interval_s:
         opts["sleep_interval"] = p.sleep_interval_s
@@ -119,18 +119,22 @@ class Fetcher:
     root: Path                                  # project root: paths in the ledger are relative
     extractors: tuple = ()
     pace_s: float = 0.0
-    _ydl: Any = field(default=None, repr=False)
+    _ydls: dict = field(default_factory=dict, repr=False)
     _last_start: float = field(default=0.0, repr=False)
 
-    def ydl(self):
-        if self._ydl is None:
+    def ydl(self, files: bool = False):
+        """The reused YoutubeDL; file: URLs are enabled only in a second one that is used for
+        targets already checked to lie under file_root, so an http(s) page can never make
+        yt-dlp read a local file."""
+        if files not in self._ydls:
             import yt_dlp
-            self._ydl = yt_dlp.YoutubeDL(ydl_options(self.params, self.videos_dir),
-                                         auto_init=False)
-            for ie in self.extractors:
-                self._ydl.add_info_extractor(ie)
-            self._ydl.add_default_info_extractors()
-        return self._ydl
+            opts = {**ydl_options(self.params, self.videos_dir), "enable_file_urls": files}
+            ydl = yt_dlp.YoutubeDL(opts, auto_init=False)
+            for ie in self.extractors:  # before the built-in ones, whose generic takes any URL
+                ydl.add_info_extractor(ie() if isinstance(ie, type) else ie)
+            ydl.add_default_info_extractors()
+            self._ydls[files] = ydl
+        return self._ydls[files]
 
     def _pace(self) -> None:
         wait = self._last_start + self.pace_s - time.monotonic()
@@ -151,8 +155,9 @@ class Fetcher:
                                     "UrlRejected", None))
         self._pace()
         try:
-            info = self.ydl().extract_info(target, download=True, extra_info={
-                "avl_id": video_id, "avl_prefix": video_id[:2]})
+            ydl = self.ydl(files=target.startswith("file:"))
+            info = ydl.extract_info(target, download=True,
+                                    extra_info={"avl_id": video_id, "avl_prefix": video_id[:2]})
         except Exception as e:  # the one per-item boundary around yt-dlp
             return _failure(classify(e))
         return self._finish(info)

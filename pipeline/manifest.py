@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 log = logging.getLogger(__name__)
 
-YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
+YOUTUBE_ID = re.compile(r"\A[A-Za-z0-9_-]{11}\Z")  # \Z: "$" would accept a trailing newline
 
 VIDEO_FIELDS = [
     pa.field("video_id", pa.string(), nullable=False),
