@@ -81,7 +81,7 @@ class Control:
 
     def wait_if_paused(self) -> None:
         while (until := self.state().get("pause_until", 0.0)) > time.time() and not self.stopped():
-            time.sleep(min(1.0, until - time.time()))
+            time.sleep(max(0.0, min(1.0, until - time.time())))
             self._read = 0.0
 
 
