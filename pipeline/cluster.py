@@ -37,8 +37,8 @@ def connect(p: ClusterParams, timeout_s: float = 30.0) -> Iterator["distributed.
             yield client
         return
     with LocalCluster(n_workers=p.workers, threads_per_worker=p.threads_per_worker,
-                      processes=p.processes, dashboard_address=None,
+                      processes=p.processes, dashboard_address=":0",  # any free port
                       silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
-        log.info("dask LocalCluster: %d workers x %d threads", p.workers,
-                 p.threads_per_worker)
+        log.info("dask LocalCluster: %d workers x %d threads (dashboard %s)", p.workers,
+                 p.threads_per_worker, client.dashboard_link)
         yield client
