@@ -47,7 +47,7 @@ if [ ! -f "$stamp" ]; then
   args=()
   for f in "${files[@]}"; do args+=(-r "$f"); done
   .venv/bin/python -m pip install -q --disable-pip-version-check "${args[@]}"
-  .venv/bin/python -c 'import torch, torchvision, torchaudio, yt_dlp, h5py, pyarrow, dask, dvc'
+  .venv/bin/python -c 'import torch, torchvision, torchaudio, yt_dlp, h5py, pyarrow, dask, dvc, av'
   touch "$stamp"
 fi
 echo "setup: ready (.venv, $(ffmpeg -version | head -n1 | cut -d' ' -f1-3))" >&2

@@ -39,7 +39,7 @@ _OUTCOME = [
     pa.field("path", pa.string()),            # media file, relative to the project root
     pa.field("filesize", pa.int64()),         # bytes
     pa.field("sha256", pa.string()),
-    pa.field("duration_s", pa.float64()),     # ffprobe container duration, seconds
+    pa.field("duration_s", pa.float64()),     # container duration (libavformat, as ffprobe), s
     pa.field("width", pa.int32()),
     pa.field("height", pa.int32()),
     pa.field("vcodec", pa.string()),
