@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+from typing import Any, Iterator
 
 from pipeline.config import ClusterParams
 
@@ -15,7 +15,7 @@ class ClusterError(RuntimeError):
 
 
 @contextlib.contextmanager
-def connect(p: ClusterParams, timeout_s: float = 30.0) -> Iterator["distributed.Client"]:  # noqa: F821
+def connect(p: ClusterParams, timeout_s: float = 30.0) -> Iterator[Any]:
     """A Client on `p.scheduler_address`, or on a LocalCluster with p.workers x
     p.threads_per_worker threads (closed on exit). Workers of an existing cluster must be able
     to import this project (same code on PYTHONPATH, same working directory layout)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import importlib
-import json
 import logging
 import math
 import os
@@ -29,7 +28,7 @@ from tqdm import tqdm
 from pipeline.cluster import connect
 from pipeline.config import ClusterParams, DownloadParams, to_dict
 from pipeline.fetch import Fetcher, backoff, check_id, file_ok, new_attempt_id, thread_fetcher
-from pipeline.ledger import (AVAILABLE, NEEDS_AUTH, PENDING, TRANSIENT, UNAVAILABLE, Journal,
+from pipeline.ledger import (AVAILABLE, NEEDS_AUTH, PENDING, TRANSIENT, Journal,
                              current_status, now, read_attempts, read_journal, seal_journal,
                              seal_leftovers, write_availability)
 from pipeline.manifest import write_json_atomic
@@ -59,22 +58,34 @@ class ShardJob:
     extractors: tuple = ()         # "module:Class" yt-dlp extractors tried first (tests)
 
 
+# run name -> {"pause_until": epoch s, "stop": reason}: pushed into every worker process by the
+# driver (Client.run) when the breaker trips or a stop is needed, so checking it costs nothing
+_STATE: dict[str, dict] = {}
+
+
+def _push_state(name: str, state: dict) -> None:
+    _STATE[name] = state
+
+
+def _drop_state(name: str) -> None:
+    _STATE.pop(name, None)
+
+
 class Control:
-    """Worker side of the run's control channel: events out, pause/stop in (cached 0.5 s)."""
+    """Worker side of the run's control channel: events go out fire-and-forget (dask's
+    log_event), pause/stop come in through the process-wide state the driver pushes."""
 
     def __init__(self, name: str):
-        from distributed import Queue, Variable
-        self.events, self.var = Queue(name), Variable(name)
-        self._state, self._read = {}, 0.0
+        from distributed import Variable, get_worker
+        self.name, self.worker = name, get_worker()
+        if name not in _STATE:  # a worker that joined mid-run: the last state the driver set
+            _STATE[name] = Variable(name).get(timeout=30) or {}
 
     def state(self) -> dict:
-        if time.monotonic() - self._read > 0.5:
-            self._state = self.var.get(timeout=30) or {}
-            self._read = time.monotonic()
-        return self._state
+        return _STATE.get(self.name, {})
 
     def emit(self, **event: Any) -> None:
-        self.events.put(event)
+        self.worker.log_event(self.name, event)
 
     def stopped(self) -> str | None:
         return self.state().get("stop")
@@ -82,7 +93,6 @@ class Control:
     def wait_if_paused(self) -> None:
         while (until := self.state().get("pause_until", 0.0)) > time.time() and not self.stopped():
             time.sleep(max(0.0, min(1.0, until - time.time())))
-            self._read = 0.0
 
 
 def _load_extractor(spec: str):
@@ -120,7 +130,7 @@ def run_shard(job: ShardJob) -> dict:
                 continue
             check_id(video_id)
             if prev is not None and file_ok(root, prev, job.params.verify):
-                counts["verified"] += 1
+                counts["reason:verified"] += 1
                 ctl.emit(video_id=video_id, status=AVAILABLE, reason="verified", kind=None)
                 continue
             videos_dir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +158,9 @@ def run_shard(job: ShardJob) -> dict:
                     break
                 if k < job.params.attempts_per_run:
                     time.sleep(backoff(job.params, k, rng))
-            counts[out["status"] if out else "stopped"] += 1
+            if out is not None:
+                counts[f"status:{out['status']}"] += 1
+                counts[f"reason:{out['reason'] or out['status']}"] += 1
     seal_journal(journal.path)
     return dict(counts)
 
@@ -252,7 +264,7 @@ def download(dataset: str, videos: pa.Table, p: DownloadParams, cluster: Cluster
                                                     on_event)
         summary.update(by_reason=dict(sorted(counts.items())), breaker_trips=trips,
                        outcomes=dict(sorted(outcomes.items())),
-                       transient=outcomes[TRANSIENT] + outcomes[PENDING])
+                       transient=outcomes.get(TRANSIENT, 0) + outcomes.get(PENDING, 0))
     seal_leftovers(ledger_dir)
     final = current_status(videos, read_attempts(ledger_dir))
     write_availability(final, availability_path)
@@ -269,38 +281,50 @@ def download(dataset: str, videos: pa.Table, p: DownloadParams, cluster: Cluster
 
 def _run(dataset, todo, p, cluster, videos_dir, ledger_dir, root, run_id, extractors,
          on_event):
-    from distributed import Queue, Variable
+    """Submits the shards and follows them: progress, circuit breaker, stop. -> (stop reason,
+    counts by reason, counts by status, breaker trips); counts come from the shard results."""
+    from distributed import Variable
     name = f"avl-download-{run_id}"
     with connect(cluster) as client:
         slots = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()) or 1
         pace = 3600.0 * slots / p.max_videos_per_hour if p.max_videos_per_hour else 0.0
-        var, queue = Variable(name, client=client), Queue(name, client=client)
-        var.set({})
-        size = max(1, min(p.shard_size, math.ceil(len(todo) / (4 * slots))))
+        var = Variable(name, client=client)
+
+        def set_state(state: dict) -> None:
+            var.set(state)                      # for workers that join later
+            client.run(_push_state, name, state)
+
+        set_state({})
+        # 4 shards per thread keep every thread busy to the end; >= 8 videos amortise a shard
+        size = max(1, min(p.shard_size, max(8, math.ceil(len(todo) / (4 * slots)))))
         jobs = [ShardJob(run_id, i, tuple(todo[s:s + size]), p, str(videos_dir),
                          str(ledger_dir), str(root), name, pace, tuple(extractors))
                 for i, s in enumerate(range(0, len(todo), size))]
         log.info("%s: %d shards of up to %d videos on %d worker threads%s", dataset, len(jobs),
                  size, slots, f", paced to {p.max_videos_per_hour:g} videos/h"
                  if pace else "")
+        events: collections.deque = collections.deque()
+        client.subscribe_topic(name, lambda ev: events.append(ev[1]))
         futures = client.map(run_shard, jobs, pure=False)
         breaker = Breaker(p.breaker_threshold, p.breaker_window_s, p.breaker_cooldown_s)
-        counts: collections.Counter = collections.Counter()
-        outcomes: collections.Counter = collections.Counter()
+        shown: collections.Counter = collections.Counter()
         stop_reason, resumed_logged = None, True
         bar = tqdm(total=len(todo), desc=f"download@{dataset}", unit="video", smoothing=0.05,
                    mininterval=0.5 if os.isatty(2) else 10.0)
         try:
             while True:
                 finished = all(f.done() for f in futures)
-                for ev in queue.get(batch=True):
+                if finished:
+                    time.sleep(0.3)  # events are batched: let the last ones arrive
+                while events:
+                    ev = events.popleft()
                     if on_event:
                         on_event(ev)
                     if "stop" in ev:
                         if stop_reason is None:
                             stop_reason = ev["stop"]
                             log.error("stopping all workers: %s", stop_reason)
-                            var.set({"stop": stop_reason})
+                            set_state({"stop": stop_reason})
                         continue
                     if ev.get("kind") == "throttled":
                         until = breaker.record(time.time())
@@ -313,29 +337,34 @@ def _run(dataset, todo, p, cluster, videos_dir, ledger_dir, root, run_id, extrac
                                         p.breaker_threshold, p.breaker_window_s,
                                         p.breaker_cooldown_s, datetime.fromtimestamp(
                                             until, timezone.utc).strftime("%H:%M:%S"))
-                            var.set({"pause_until": until})
+                            set_state({"pause_until": until})
                             resumed_logged = False
-                    if ev.get("final", ev.get("reason") == "verified"):
-                        counts[ev["reason"] or ev["status"]] += 1
-                        outcomes[ev["status"]] += ev.get("reason") != "verified"
+                    if ev.get("final", True):
+                        shown[ev["reason"] or ev["status"]] += 1
                         bar.update(1)
-                        bar.set_postfix_str(_postfix(counts), refresh=False)
+                        bar.set_postfix_str(_postfix(shown), refresh=False)
                 if not resumed_logged and time.time() >= breaker.paused_until:
                     log.warning("circuit breaker cool-down over: workers resume")
                     resumed_logged = True
                 if finished:
                     break
                 time.sleep(0.2)
-            for f in futures:
-                f.result()  # a bug in a worker surfaces here
+            results = [f.result() for f in futures]  # a bug in a worker surfaces here
         except BaseException:
-            var.set({"stop": "driver interrupted"})
+            with contextlib.suppress(Exception):
+                set_state({"stop": "driver interrupted"})
             client.cancel(futures)
             raise
         finally:
             bar.close()
             with contextlib.suppress(Exception):  # an external scheduler keeps named state
+                client.unsubscribe_topic(name)
                 var.delete()
-                queue.close()
-    log.info("%s: %s", dataset, _postfix(counts) or "nothing to do")
-    return stop_reason, counts, outcomes, breaker.trips
+                client.run(_drop_state, name)
+    total: collections.Counter = collections.Counter()
+    for r in results:
+        total.update(r)
+    reasons = {k[7:]: n for k, n in total.items() if k.startswith("reason:")}
+    statuses = {k[7:]: n for k, n in total.items() if k.startswith("status:")}
+    log.info("%s: %s", dataset, _postfix(collections.Counter(reasons)) or "nothing to do")
+    return stop_reason, reasons, statuses, breaker.trips

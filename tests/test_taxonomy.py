@@ -503,18 +503,11 @@ class _Clock:
         self.t += s
 
 
-class _Var:
-    def __init__(self, state):
-        self.state = state
-
-    def get(self, timeout=None):
-        return self.state
-
-
 def _control(state):
-    from pipeline.download import Control
-    c = Control.__new__(Control)    # no dask: only the pause logic is under test
-    c.var, c._state, c._read = _Var(state), {}, 0.0
+    from pipeline import download
+    c = download.Control.__new__(download.Control)  # no dask: only the pause logic is under test
+    c.name = f"test-{id(c)}"
+    download._STATE[c.name] = state                  # what the driver pushes to each worker
     return c
 
 
