@@ -129,10 +129,15 @@ def run_shard(job: ShardJob) -> dict:
             if video_id in done:
                 continue
             check_id(video_id)
-            if prev is not None and file_ok(root, prev, job.params.verify):
-                counts["reason:verified"] += 1
-                ctl.emit(video_id=video_id, status=AVAILABLE, reason="verified", kind=None)
-                continue
+            if prev is not None:
+                if file_ok(root, prev, job.params.verify):
+                    counts["reason:verified"] += 1
+                    ctl.emit(video_id=video_id, status=AVAILABLE, reason="verified", kind=None)
+                    continue
+                # changed or gone: remove it, or yt-dlp would take it as already downloaded
+                log.warning("%s: %s is missing or changed since it was downloaded; fetching it "
+                            "again", video_id, prev["path"])
+                (root / prev["path"]).unlink(missing_ok=True)
             videos_dir.mkdir(parents=True, exist_ok=True)
             free = shutil.disk_usage(videos_dir).free
             if free < floor:

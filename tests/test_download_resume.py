@@ -129,7 +129,7 @@ def test_kill9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, slow_s
     assert (proj / "m" / "availability.parquet").read_bytes() == snapshot
 
 
-def test_changed_or_deleted_files_are_fetched_again(tmp_path, slow_server):
+def test_changed_or_deleted_files_are_fetched_again(tmp_path, slow_server, media):
     base, hits = slow_server
     proj = _project(tmp_path, base, verify="sha256")
     assert subprocess.run(_cmd(), cwd=proj, env=_env(), capture_output=True).returncode == 0
@@ -151,6 +151,9 @@ def test_changed_or_deleted_files_are_fetched_again(tmp_path, slow_server):
     rows = {r["video_id"]: r for r in
             read_availability(proj / "m" / "availability.parquet").to_pylist()}
     assert rows[IDS[1]]["status"] == "available" and rows[IDS[1]]["attempts"] == 2
+    for vid in IDS[:2]:  # really fetched again: the bytes are the server's, not the damaged ones
+        assert (proj / rows[vid]["path"]).read_bytes() == media
+        assert rows[vid]["sha256"] == rows[IDS[2]]["sha256"]
 
 
 def test_disk_floor_stops_cleanly_and_keeps_videos_pending(tmp_path, slow_server):
