@@ -272,6 +272,45 @@ class DownloadParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExtractParams:
+    """Stage extract@<dataset>: frozen 2D/3D features and log-Mel spectrograms (features.md)."""
+
+    weights_2d: str = param("imagenet", "ResNet-152 weights: imagenet (torchvision "
+                                        "IMAGENET1K_V1), a .pth path, or random[:SEED]")
+    weights_3d: str = param("kinetics", "ResNeXt-101 weights: kinetics (Hara's Kinetics-400 "
+                                        "file), a .pth path, or random[:SEED]")
+    demo_weights: str = param("random", "weights for BOTH backbones on the offline demo "
+                                        "dataset (no internet there); 'official' uses "
+                                        "weights_2d / weights_3d like every other dataset")
+    weights_dir: str = param("data/weights", "folder the official weight files are looked up "
+                                             "in (and downloaded to, when online)")
+    download_weights: bool = param(True, "download a missing torchvision file when online")
+    format: Literal["hdf5", "parquet"] = param("hdf5", "store format: sharded HDF5 (windows "
+                                                       "read without loading a video) or Parquet "
+                                                       "(interchange; one row per video)")
+    dtype: Literal["float16", "float32"] = param("float16", "stored dtype of the features "
+                                                            "(reference: float16)")
+    l2_normalize: bool = param(True, "L2-normalise every 2D/3D row, eps 1e-12 (reference: yes)")
+    batch_2d: int = param(32, "1 fps frames per ResNet-152 forward, across videos", ge=1)
+    batch_3d: int = param(8, "16-frame clips per ResNeXt-101 forward, across videos", ge=1)
+    decoders: int = param(0, "videos decoded concurrently per worker (one ffmpeg each) ahead of "
+                             "inference; 0 = auto (1 on CPU, 6 on a GPU)", ge=0, le=64)
+    device: Literal["auto", "cpu", "cuda"] = param("auto", "auto: CUDA when present (one worker "
+                                                           "per GPU), else the CPU")
+    workers: int = param(0, "LocalCluster worker processes for extraction (each loads both "
+                            "models); 0 = auto: one per GPU, else 1 using every core", ge=0)
+    precision: Literal["float32", "bf16", "fp16"] = param("float32", "autocast for the "
+                                                                    "forwards; float32 is the "
+                                                                    "reference recipe")
+    channels_last: bool = param(True, "channels-last memory format (same numbers, faster)")
+    shard_videos: int = param(64, "most videos per shard (the unit of work and restart)", ge=1)
+    shard_seconds: float = param(36000.0, "most seconds of video per shard", gt=0)
+    max_failure_fraction: float = param(0.2, "fail the stage when more than this fraction of "
+                                             "downloaded videos ends in decode_error, "
+                                             "probe_error or truncated", ge=0, le=1)
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     """The whole params.yaml."""
 
@@ -280,6 +319,7 @@ class Params:
     manifest: ManifestSection = param(ManifestSection(), "manifest stage")
     cluster: ClusterParams = param(ClusterParams(), "dask cluster for download and extraction")
     download: DownloadParams = param(DownloadParams(), "download stage")
+    extract: ExtractParams = param(ExtractParams(), "feature extraction stage")
 
     def __post_init__(self) -> None:
         if len(set(self.datasets)) != len(self.datasets):

@@ -64,48 +64,60 @@ OFFICIAL: dict[tuple[str, str], Official] = {
 }
 
 
-def load_backbone(backbone: str, weights: str, *, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR,
-                  download: bool = True,
-                  device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, str]]:
+def resolve_weights(backbone: str, weights: str, *,
+                    weights_dir: str | Path = DEFAULT_WEIGHTS_DIR,
+                    download: bool = True) -> tuple[Path | None, dict[str, str]]:
     """backbone 'resnet152' | 'resnext101', weights 'imagenet' | 'kinetics' | a file path |
-    'random[:SEED]' -> (frozen eval-mode model on `device`, recipe) where recipe is
+    'random[:SEED]' -> (file to load, None for random weights; recipe) where recipe is
     {backbone, weights, weights_sha256 (hex, or 'random-seed-N'), weights_source}.
 
     Official files are looked up in `weights_dir` (and torch.hub's checkpoints folder for the
     torchvision file, i.e. $TORCH_HOME/hub/checkpoints); the torchvision one is downloaded into
-    `weights_dir` when absent. Raises WeightsError with what to put where when that fails."""
+    `weights_dir` when absent. Raises WeightsError with what to put where when that fails.
+    Cheap apart from hashing the file: a driver resolves (and downloads) once for all workers."""
     if backbone not in BACKBONES:
         raise WeightsError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
-    build, load = BACKBONES[backbone]
     recipe = {"backbone": backbone, "weights": weights}
     if weights == "random" or weights.startswith("random:"):
         seed = _seed(weights)
-        model = random_backbone(backbone, seed)
         recipe.update(weights_sha256=f"random-seed-{seed}",
                       weights_source=f"random init (seed {seed}) + BatchNorm statistics calibrated "
                                      "on synthetic input; smoke runs and the demo only, "
                                      "not the published features")
+        return None, recipe
+    official = next((o for (b, n), o in OFFICIAL.items() if n == weights), None)
+    if official is not None:
+        if (backbone, weights) not in OFFICIAL:
+            owner = next(b for b, n in OFFICIAL if n == weights)
+            raise WeightsError(f"weights {weights!r} are for {owner}, not {backbone}")
+        path, digest = _official_file(official, Path(weights_dir), download)
+        source = f"{path.name}: {official.source}"
     else:
-        official = next((o for (b, n), o in OFFICIAL.items() if n == weights), None)
-        if official is not None:
-            if (backbone, weights) not in OFFICIAL:
-                owner = next(b for b, n in OFFICIAL if n == weights)
-                raise WeightsError(f"weights {weights!r} are for {owner}, not {backbone}")
-            path, digest = _official_file(official, Path(weights_dir), download)
-            source = f"{path.name}: {official.source}"
-        else:
-            path = Path(weights).expanduser()
-            if not path.is_file():
-                raise WeightsError(f"weights {weights!r}: neither a name (imagenet, kinetics, "
-                                   f"random[:SEED]) nor an existing file")
-            source, digest = str(path.resolve()), None
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"weights {weights!r}: neither a name (imagenet, kinetics, "
+                               f"random[:SEED]) nor an existing file")
+        source, digest = str(path.resolve()), None
+    recipe.update(weights_sha256=digest or sha256_file(path), weights_source=source)
+    return path, recipe
+
+
+def load_backbone(backbone: str, weights: str, *, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR,
+                  download: bool = True,
+                  device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, str]]:
+    """resolve_weights, then builds and loads the model -> (frozen eval-mode model on `device`,
+    recipe). Raises WeightsError (file that does not load strictly, see resolve_weights)."""
+    path, recipe = resolve_weights(backbone, weights, weights_dir=weights_dir, download=download)
+    build, load = BACKBONES[backbone]
+    if path is None:
+        model = random_backbone(backbone, _seed(weights))
+    else:
         model = build()
         try:
             load(model, torch.load(path, map_location="cpu", weights_only=True))
         except (StateDictError, RuntimeError, OSError, EOFError, ValueError,
                 pickle.UnpicklingError) as e:
             raise WeightsError(f"cannot load {path} into {backbone}: {e}") from e
-        recipe.update(weights_sha256=digest or sha256_file(path), weights_source=source)
     log.info("%s weights %s (%s)", backbone, weights, recipe["weights_sha256"])
     return freeze(model).to(device), recipe
 
