@@ -163,19 +163,23 @@ def reference_commands(path: Path, p: DecodePlan) -> dict[str, list[str]]:
     return {k: c.global_args(*_GLOBAL_ARGS).compile(cmd=FFMPEG) for k, c in cmds.items()}
 
 
-def single_pass_command(path: Path, p: DecodePlan, fds: dict[str, int]) -> list[str]:
+def single_pass_command(path: Path, p: DecodePlan, fds: dict[str, int | str]) -> list[str]:
     """The one-process command: `[v]split=2` -> 2D and 3D branches, plus audio, to `pipe:<fd>`.
 
     fds maps '2d' / '3d' / 'audio' to the write-end file descriptors ffmpeg inherits (pass_fds
-    keeps their numbers, so `pipe:N` names them directly)."""
+    keeps their numbers, so `pipe:N` names them directly), or to a path such as /dev/null
+    (benchmarks: the same graph without delivering the frames)."""
     import ffmpeg
+
+    def target(tag: str) -> str:
+        return f"pipe:{fds[tag]}" if isinstance(fds[tag], int) else str(fds[tag])
 
     inp = ffmpeg.input(str(path))
     split = inp[str(p.video_index)].split()
-    outs = [_raw_video(_video_2d(split[0], p), f"pipe:{fds['2d']}"),
-            _raw_video(_video_3d(split[1], p), f"pipe:{fds['3d']}")]
+    outs = [_raw_video(_video_2d(split[0], p), target("2d")),
+            _raw_video(_video_3d(split[1], p), target("3d"))]
     if "audio" in fds:
-        outs.append(_raw_audio(_audio(inp[str(p.audio_index)]), f"pipe:{fds['audio']}"))
+        outs.append(_raw_audio(_audio(inp[str(p.audio_index)]), target("audio")))
     return ffmpeg.merge_outputs(*outs).global_args(*_GLOBAL_ARGS).compile(cmd=FFMPEG)
 
 

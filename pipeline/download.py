@@ -342,7 +342,9 @@ def _run(dataset, todo, p, cluster, videos_dir, ledger_dir, root, run_id, extrac
                                         p.breaker_threshold, p.breaker_window_s,
                                         p.breaker_cooldown_s, datetime.fromtimestamp(
                                             until, timezone.utc).strftime("%H:%M:%S"))
-                            set_state({"pause_until": until})
+                            # a stop already in force stays in force
+                            set_state({"pause_until": until, **({"stop": stop_reason}
+                                                                if stop_reason else {})})
                             resumed_logged = False
                     if ev.get("final", True):
                         shown[ev["reason"] or ev["status"]] += 1

@@ -220,7 +220,7 @@ def _device(p: ExtractParams) -> torch.device:
         from distributed import get_worker
         name = get_worker().name
         idx = int(name) % torch.cuda.device_count() if str(name).isdigit() else 0
-    except (ImportError, ValueError):
+    except (ImportError, ValueError):   # not on a dask worker (benchmarks, notebooks)
         idx = 0
     return torch.device("cuda", idx)
 
@@ -342,10 +342,17 @@ def _assemble(parts: list, n: int, width: int, dtype: str) -> np.ndarray:
     return out
 
 
-def run_shard(job: ShardJob) -> dict:
-    """Runs on a worker: extracts the shard's videos and writes shard-NNNNN. -> status counts."""
-    from distributed import get_worker
-    worker = get_worker()
+def run_shard(job: ShardJob, emit: Callable[[dict], None] | None = None) -> dict:
+    """Runs on a worker: extracts the shard's videos and writes shard-NNNNN. -> status counts.
+
+    Each finished video is reported through `emit` (default: the dask worker's log_event on
+    job.topic, which the driver follows)."""
+    if emit is None:
+        from distributed import get_worker
+        worker = get_worker()
+
+        def emit(event: dict) -> None:
+            worker.log_event(job.topic, event)
     models = get_models(job)
     p = job.params
     n_dec = p.decoders or (6 if models.device.type == "cuda" else 1)
@@ -383,8 +390,7 @@ def run_shard(job: ShardJob) -> dict:
                         height=pl.height, rotation=pl.rotation)
         writer.add(VideoRecord(v.video_id, status, info, arrays))
         counts[status] += 1
-        worker.log_event(job.topic, {"video_id": v.video_id, "status": status,
-                                     "seconds": info["decoded_s"]})
+        emit({"video_id": v.video_id, "status": status, "seconds": info["decoded_s"]})
         if status != OK:
             log.log(logging.WARNING if status in FAILED else logging.INFO, "%s: %s%s",
                     v.video_id, status, f" ({msg})" if msg else "")
@@ -604,7 +610,9 @@ def _run(dataset, jobs_plan, p, cluster, out_dir, recipe, weights, total_s, on_e
                         on_event(ev)
                     shown[ev["status"]] += 1
                     done_videos += 1
-                    bar.update(round(ev["seconds"], 1))
+                    # decoded seconds can pass the listed durations by a frame or two
+                    left = (bar.total - bar.n) if bar.total else math.inf
+                    bar.update(max(0.0, min(round(ev["seconds"], 1), left)))
                     bar.set_postfix_str(f"{done_videos}/{n_videos} videos "
                                         + " ".join(f"{k}={n}" for k, n in sorted(shown.items())),
                                         refresh=False)

@@ -94,6 +94,7 @@ class Journal:
     def __init__(self, ledger_dir: Path, run_id: str, shard: int):
         ledger_dir.mkdir(parents=True, exist_ok=True)
         self.path = ledger_dir / f"attempts-{run_id}-shard-{shard:05d}.jsonl"
+        _drop_torn_tail(self.path)    # a re-run shard appends after complete lines only
         self._f = open(self.path, "a", encoding="utf-8")
 
     def append(self, row: dict) -> None:
@@ -110,6 +111,19 @@ class Journal:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cuts a half-written last line (a killed writer) off an existing journal."""
+    if not path.exists():
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            log.warning("%s: dropping a torn last line before appending", path)
+            f.truncate(data.rfind(b"\n") + 1)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def read_journal(path: Path) -> list[dict]:
@@ -139,13 +153,19 @@ def attempts_table(rows: Iterable[dict]) -> pa.Table:
 def seal_journal(path: Path) -> Path:
     """Turns a finished (or crashed run's) journal into attempts-*.parquet, then removes it.
 
-    Idempotent: if the parquet exists already (a crash between rename and unlink) the journal
-    is just removed."""
+    Idempotent: if the parquet exists already (a crash between rename and unlink, or a shard
+    task re-run after its first run sealed), the rows it lacks are merged into it by
+    attempt_id, so no attempt is lost or counted twice."""
     out = path.with_suffix(".parquet")
-    if not out.exists():
-        rows = read_journal(path)
-        if rows:
-            write_parquet_atomic(attempts_table(rows), out)
+    rows = read_journal(path)
+    if out.exists():
+        sealed = pq.read_table(out, schema=ATTEMPT_SCHEMA)
+        have = set(sealed.column("attempt_id").to_pylist())
+        new = [r for r in rows if r["attempt_id"] not in have]
+        if new:
+            write_parquet_atomic(pa.concat_tables([sealed, attempts_table(new)]), out)
+    elif rows:
+        write_parquet_atomic(attempts_table(rows), out)
     path.unlink()
     return out
 

@@ -16,6 +16,7 @@ import yaml
 from tests.conftest import ROOT
 
 TINY_CLUSTER = {"workers": 1, "threads_per_worker": 2, "processes": True}
+TINY_EXTRACT = {"shard_videos": 2}
 TINY_DEMO = {"n_videos": 4, "n_val": 1, "n_concepts": 3, "min_duration_s": 5.0,
              "max_duration_s": 6.0, "segments_per_video": 1,
              "frame_sizes": ["320x240"], "fps": 30, "workers": 2}
@@ -49,16 +50,17 @@ def project(tmp_path_factory) -> Path:
         if (ROOT / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest / rel)
-    _set_params(dest, lambda d: (d["demo"].update(TINY_DEMO), d["cluster"].update(TINY_CLUSTER)))
+    _set_params(dest, lambda d: (d["demo"].update(TINY_DEMO), d["cluster"].update(TINY_CLUSTER),
+                                 d["extract"].update(TINY_EXTRACT)))
     _run(dest, "git", "init", "-q")
     _run(dest, "git", "add", "-A")
     _run(dest, "git", "commit", "-qm", "clone")
     return dest
 
 
-def test_repro_runs_demo_manifest_download_and_audit(project):
+def test_repro_runs_demo_manifest_download_audit_and_extract(project):
     out = _run(project, "dvc", "repro")
-    for stage in ("demo", "manifest@demo", "download@demo", "audit"):
+    for stage in ("demo", "manifest@demo", "download@demo", "audit", "extract@demo"):
         assert f"Running stage '{stage}'" in out
     videos = pq.read_table(project / "manifests/demo/videos.parquet").to_pylist()
     assert len(videos) == 4
@@ -76,6 +78,12 @@ def test_repro_runs_demo_manifest_download_and_audit(project):
     report = json.loads((project / "reports/availability/demo.json").read_text())
     assert report["splits"]["total"]["videos_with_audio"] == 4
     assert (project / "reports/availability/summary.md").is_file()
+    # every downloaded video has its features, with the demo's recorded random weights
+    index = pq.read_table(project / "data/features/demo/index.parquet").to_pylist()
+    assert [r["status"] for r in index] == ["ok"] * 4
+    assert all(r["n_resnet152"] >= 5 and r["n_resnext101"] >= 7 for r in index)
+    recipe = json.loads((project / "data/features/demo/recipe.json").read_text())
+    assert recipe["resnet152"]["weights_sha256"] == "random-seed-0"
 
 
 def test_second_repro_does_nothing(project):
@@ -103,4 +111,18 @@ def test_download_param_change_resumes_without_refetching(project):
     # persist: the media and history survived; every file was checked, none fetched again
     assert sorted(p.name for p in ledger.glob("attempts-*.parquet")) == before
     assert "verified=4" in out
+    assert "up to date" in _run(project, "dvc", "status")
+
+
+def test_extract_param_change_reruns_only_extract_and_keeps_shards(project):
+    store = project / "data/features/demo"
+    shards = {p.name: p.stat().st_mtime_ns for p in store.glob("shard-*.h5")}
+    assert shards
+    _set_params(project, lambda d: d["extract"].update(batch_2d=4))
+    out = _run(project, "dvc", "repro")
+    assert "Running stage 'extract@demo'" in out
+    assert "Running stage 'download@demo'" not in out and "Running stage 'audit'" not in out
+    # batch size does not change the recipe: the finished shards stay as they are
+    assert {p.name: p.stat().st_mtime_ns for p in store.glob("shard-*.h5")} == shards
+    assert "0 to do" in out
     assert "up to date" in _run(project, "dvc", "status")
