@@ -1,9 +1,11 @@
 """dask.distributed for download and extraction: a LocalCluster, or an existing scheduler."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
-from typing import Any, Iterator
+import time
+from typing import Any, Callable, Iterator
 
 from pipeline.config import ClusterParams
 
@@ -42,3 +44,21 @@ def connect(p: ClusterParams, timeout_s: float = 30.0) -> Iterator[Any]:
         log.info("dask LocalCluster: %d workers x %d threads (dashboard %s)", p.workers,
                  p.threads_per_worker, client.dashboard_link)
         yield client
+
+
+def follow(futures: list, events: collections.deque, handle: Callable[[dict], None],
+           tick: Callable[[], None] | None = None, poll_s: float = 0.2) -> list:
+    """Waits for `futures` while handing each worker event (appended to `events` by a topic
+    subscription) to `handle` as it arrives, and calling `tick` between polls -> the futures'
+    results; an exception raised in a task is raised here."""
+    while True:
+        finished = all(f.done() for f in futures)
+        if finished:
+            time.sleep(0.3)  # events are batched: let the last ones arrive
+        while events:
+            handle(events.popleft())
+        if tick is not None:
+            tick()
+        if finished:
+            return [f.result() for f in futures]
+        time.sleep(poll_s)

@@ -183,7 +183,7 @@ def single_pass_command(path: Path, p: DecodePlan, fds: dict[str, int | str]) ->
     return ffmpeg.merge_outputs(*outs).global_args(*_GLOBAL_ARGS).compile(cmd=FFMPEG)
 
 
-def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+def put_unless_stopped(q: queue.Queue, item, stop: threading.Event) -> bool:
     """Blocking put that gives up once `stop` is set (the consumer went away)."""
     while not stop.is_set():
         try:
@@ -219,16 +219,16 @@ def _reader(fd: int, tag: str, shape: tuple[int, ...], dtype, chunk_items: int,
                 if n_items:
                     data = np.frombuffer(buf, dtype, count=n_items * item_bytes
                                          // np.dtype(dtype).itemsize).reshape(n_items, *shape)
-                    if not _put(q, (tag, Chunk(tag, start, data)), stop):
+                    if not put_unless_stopped(q, (tag, Chunk(tag, start, data)), stop):
                         return
                     start += n_items
                 if got % item_bytes:
-                    _put(q, (tag, ValueError(f"{tag}: {got % item_bytes} bytes of a partial "
+                    put_unless_stopped(q, (tag, ValueError(f"{tag}: {got % item_bytes} bytes of a partial "
                                              f"frame at the end")), stop)
                     return
-        _put(q, (tag, None), stop)
+        put_unless_stopped(q, (tag, None), stop)
     except Exception as e:  # noqa: BLE001 - handed to the consumer, which raises DecodeError
-        _put(q, (tag, e), stop)
+        put_unless_stopped(q, (tag, e), stop)
 
 
 def _stderr_tail(pipe, tail: collections.deque) -> None:
@@ -252,11 +252,7 @@ def decode(path: Path, p: DecodePlan | None = None, *, chunk_frames_2d: int = 8,
     nothing for `timeout_s` seconds while the consumer waits; chunks already yielded then belong
     to a failed decode. Closing the generator early kills ffmpeg and joins the threads."""
     path = Path(path)
-    if p is None:
-        try:
-            p = plan(path)
-        except ProbeError as e:
-            raise DecodeError(f"{path}: cannot decode: {e}") from e
+    p = p or _plan_or_raise(path)
     h2, w2 = p.size_2d
     streams = {"2d": ((h2, w2, 3), np.uint8, chunk_frames_2d),
                "3d": ((SIZE_3D, SIZE_3D, 3), np.uint8, chunk_frames_3d)}
@@ -335,6 +331,13 @@ def decode(path: Path, p: DecodePlan | None = None, *, chunk_frames_2d: int = 8,
             os.close(fd)
 
 
+def _plan_or_raise(path: Path) -> DecodePlan:
+    try:
+        return plan(path)
+    except ProbeError as e:
+        raise DecodeError(f"{path}: cannot decode: {e}") from e
+
+
 def _fmt_tail(tail: collections.deque) -> str:
     lines = [s for s in tail if s]
     return ("; ffmpeg stderr:\n" + "\n".join(lines)) if lines else "; ffmpeg printed nothing"
@@ -345,11 +348,7 @@ def decode_all(path: Path, p: DecodePlan | None = None, **kwargs
     """Whole-video decode -> (frames2d (T2, H, W, 3) uint8, frames3d (T3, 112, 112, 3) uint8,
     audio (Ta,) float32 or None without an audio stream). For tests and short videos only."""
     path = Path(path)
-    if p is None:
-        try:
-            p = plan(path)
-        except ProbeError as e:
-            raise DecodeError(f"{path}: cannot decode: {e}") from e
+    p = p or _plan_or_raise(path)
     parts: dict[str, list[np.ndarray]] = {"2d": [], "3d": [], "audio": []}
     for chunk in decode(path, p, **kwargs):
         parts[chunk.stream].append(chunk.data)

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import pyarrow as pa
 from tqdm import tqdm
 
-from pipeline.cluster import connect
+from pipeline.cluster import connect, follow
 from pipeline.config import ClusterParams, DownloadParams, to_dict
 from pipeline.fetch import Fetcher, backoff, check_id, file_ok, new_attempt_id, thread_fetcher
 from pipeline.ledger import (AVAILABLE, NEEDS_AUTH, PENDING, TRANSIENT, Journal,
@@ -316,47 +316,45 @@ def _run(dataset, todo, p, cluster, videos_dir, ledger_dir, root, run_id, extrac
         stop_reason, resumed_logged = None, True
         bar = tqdm(total=len(todo), desc=f"download@{dataset}", unit="video", smoothing=0.05,
                    mininterval=0.5 if os.isatty(2) else 10.0)
+
+        def handle(ev: dict) -> None:
+            nonlocal stop_reason, resumed_logged
+            if on_event:
+                on_event(ev)
+            if "stop" in ev:
+                if stop_reason is None:
+                    stop_reason = ev["stop"]
+                    log.error("stopping all workers: %s", stop_reason)
+                    set_state({"stop": stop_reason})
+                return
+            if ev.get("kind") == "throttled":
+                until = breaker.record(time.time())
+                if until is not None:
+                    log.warning("CIRCUIT BREAKER TRIPPED (%d): %d bot-check/rate-limit "
+                                "failures within %.0f s; pausing ALL workers for %.0f s "
+                                "(until %s UTC). Affected videos stay pending. If this "
+                                "repeats: set download.cookiefile, a proxy, or lower "
+                                "download.max_videos_per_hour.", breaker.trips,
+                                p.breaker_threshold, p.breaker_window_s,
+                                p.breaker_cooldown_s, datetime.fromtimestamp(
+                                    until, timezone.utc).strftime("%H:%M:%S"))
+                    # a stop already in force stays in force
+                    set_state({"pause_until": until, **({"stop": stop_reason}
+                                                        if stop_reason else {})})
+                    resumed_logged = False
+            if ev.get("final", True):
+                shown[ev["reason"] or ev["status"]] += 1
+                bar.update(1)
+                bar.set_postfix_str(_postfix(shown), refresh=False)
+
+        def tick() -> None:
+            nonlocal resumed_logged
+            if not resumed_logged and time.time() >= breaker.paused_until:
+                log.warning("circuit breaker cool-down over: workers resume")
+                resumed_logged = True
+
         try:
-            while True:
-                finished = all(f.done() for f in futures)
-                if finished:
-                    time.sleep(0.3)  # events are batched: let the last ones arrive
-                while events:
-                    ev = events.popleft()
-                    if on_event:
-                        on_event(ev)
-                    if "stop" in ev:
-                        if stop_reason is None:
-                            stop_reason = ev["stop"]
-                            log.error("stopping all workers: %s", stop_reason)
-                            set_state({"stop": stop_reason})
-                        continue
-                    if ev.get("kind") == "throttled":
-                        until = breaker.record(time.time())
-                        if until is not None:
-                            log.warning("CIRCUIT BREAKER TRIPPED (%d): %d bot-check/rate-limit "
-                                        "failures within %.0f s; pausing ALL workers for %.0f s "
-                                        "(until %s UTC). Affected videos stay pending. If this "
-                                        "repeats: set download.cookiefile, a proxy, or lower "
-                                        "download.max_videos_per_hour.", breaker.trips,
-                                        p.breaker_threshold, p.breaker_window_s,
-                                        p.breaker_cooldown_s, datetime.fromtimestamp(
-                                            until, timezone.utc).strftime("%H:%M:%S"))
-                            # a stop already in force stays in force
-                            set_state({"pause_until": until, **({"stop": stop_reason}
-                                                                if stop_reason else {})})
-                            resumed_logged = False
-                    if ev.get("final", True):
-                        shown[ev["reason"] or ev["status"]] += 1
-                        bar.update(1)
-                        bar.set_postfix_str(_postfix(shown), refresh=False)
-                if not resumed_logged and time.time() >= breaker.paused_until:
-                    log.warning("circuit breaker cool-down over: workers resume")
-                    resumed_logged = True
-                if finished:
-                    break
-                time.sleep(0.2)
-            results = [f.result() for f in futures]  # a bug in a worker surfaces here
+            results = follow(futures, events, handle, tick)  # a bug in a worker surfaces here
         except BaseException:
             with contextlib.suppress(Exception):
                 set_state({"stop": "driver interrupted"})

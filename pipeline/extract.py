@@ -37,7 +37,7 @@ from tqdm import tqdm
 from models.resnet2d import MEAN as RGB_MEAN
 from models.resnet2d import STD as RGB_STD
 from pipeline import decode as dec
-from pipeline.cluster import connect
+from pipeline.cluster import connect, follow
 from pipeline.config import ClusterParams, ExtractParams, to_dict
 from pipeline.ledger import AVAILABLE
 from pipeline.logmel import RECIPE as LOGMEL_RECIPE
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 CLIP_LEN = 16                  # frames per 3D clip (features.md)
 SILENCE_PEAK = 1e-4            # |sample| below this everywhere (-80 dBFS): silent_audio
 TRUNCATED_SLACK = (1.0, 0.05)  # decoded duration below probed - max(1 s, 5 %): truncated
+MISSING = "media file missing"
 CODE_FILES = ("pipeline/decode.py", "pipeline/logmel.py", "pipeline/extract.py",
               "models/resnet2d.py", "models/resnext3d.py")
 
@@ -103,6 +104,7 @@ def build_recipe(p: ExtractParams, w2d: dict, w3d: dict) -> dict:
                          "applies_to": ["resnet152", "resnext101"]},
         "dtype": p.dtype,
         "precision": p.precision,
+        "tf32": "off on CUDA in float32 precision (exact float32 convolutions)",
         "rotation": "respected: frames are autorotated and sized from the displayed dimensions "
                     "(the reference squeezed rotated videos)",
         "decode": "one ffmpeg process per video; [v]split into the 2D and 3D chains; frames "
@@ -178,6 +180,12 @@ class Models:
         self.std2d = torch.tensor(RGB_STD, device=device).view(1, 3, 1, 1) + 1e-8
         self.mean3d = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1, 1)
         self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(p.precision)
+        self.warned_overflow = False
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True       # few input shapes, each used often
+            # float32 means float32 (the reference's numbers), not TF32 tensor-core maths
+            torch.backends.cudnn.allow_tf32 = p.precision != "float32"
+            torch.backends.cuda.matmul.allow_tf32 = p.precision != "float32"
 
     def _post(self, out: torch.Tensor) -> np.ndarray:
         out = out.float()
@@ -186,8 +194,18 @@ class Models:
         return out.to(getattr(torch, self.p.dtype)).cpu().numpy()
 
     def _run(self, model, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), torch.autocast(self.device.type, self.autocast,
-                                                    enabled=self.autocast is not None):
+        with torch.inference_mode():
+            if self.autocast is None:
+                return model(x)
+            with torch.autocast(self.device.type, self.autocast):
+                out = model(x)
+            if torch.isfinite(out).all():
+                return out
+            # fp16 overflowed (inf/NaN): this batch again in float32, never NaN in a store
+            if not self.warned_overflow:
+                log.warning("%s autocast overflowed on a batch; recomputing such batches in "
+                            "float32", self.p.precision)
+                self.warned_overflow = True
             return model(x)
 
     def forward_2d(self, frames: np.ndarray) -> np.ndarray:
@@ -228,7 +246,9 @@ def _device(p: ExtractParams) -> torch.device:
 def get_models(job: ShardJob) -> Models:
     """The worker process's models for this job's settings (loaded once, then reused)."""
     device = _device(job.params)
-    key = (repr(job.params), job.weights, str(device))
+    p = job.params   # only what the models depend on: other params never reload them
+    key = (job.weights, str(device), p.weights_dir, p.channels_last, p.precision, p.dtype,
+           p.l2_normalize)
     with _MODELS_LOCK:
         if key not in _MODELS:
             _MODELS.clear()                   # one set of models per process at a time
@@ -302,19 +322,17 @@ def _decoder(todo: collections.deque, lock: threading.Lock, q: queue.Queue,
              stop: threading.Event) -> None:
     """Decoder thread: takes the next video, puts ('plan'|'chunk'|'end', video, payload)."""
     def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return dec.put_unless_stopped(q, item, stop)
 
     while not stop.is_set():
         with lock:
             if not todo:
                 break
             v = todo.popleft()
+        if not os.path.exists(v.path):
+            put(("end", v, f"{MISSING}: {v.path} (re-run the download stage: it fetches "
+                           "missing files again; this video is retried once the file is back)"))
+            continue
         try:
             p = dec.plan(Path(v.path))
         except ProbeError as e:
@@ -526,11 +544,13 @@ def extract(dataset: str, availability: pa.Table, out_dir: Path, p: ExtractParam
         if r["status"] != AVAILABLE or not r.get("path"):
             continue
         prev = done.get(vid)
-        if prev is not None and (not r.get("sha256") or prev["source_sha256"] == r["sha256"]):
+        media = root / r["path"]
+        if prev is not None and (not r.get("sha256") or prev["source_sha256"] == r["sha256"]) \
+                and not ((prev["message"] or "").startswith(MISSING) and media.exists()):
             continue
         if prev is not None:
             log.info("%s: media changed since its features were extracted; again", vid)
-        todo.append((vid, str(root / r["path"]), r.get("sha256"), r.get("duration_s")))
+        todo.append((vid, str(media), r.get("sha256"), r.get("duration_s")))
     todo.sort(key=lambda t: -(t[3] or 0.0))
     first = max((shard_number(s[0].name) for s in shards), default=-1) + 1
     jobs_plan = plan_shards(todo, p, first)
@@ -599,27 +619,22 @@ def _run(dataset, jobs_plan, p, cluster, out_dir, recipe, weights, total_s, on_e
         bar = tqdm(total=round(total_s, 1) or None, desc=f"extract@{dataset}", unit="video-s",
                    smoothing=0.05, mininterval=0.5 if os.isatty(2) else 10.0)
         done_videos = 0
+
+        def handle(ev: dict) -> None:
+            nonlocal done_videos
+            if on_event:
+                on_event(ev)
+            shown[ev["status"]] += 1
+            done_videos += 1
+            # decoded seconds can pass the listed durations by a frame or two
+            left = (bar.total - bar.n) if bar.total else math.inf
+            bar.update(max(0.0, min(round(ev["seconds"], 1), left)))
+            bar.set_postfix_str(f"{done_videos}/{n_videos} videos "
+                                + " ".join(f"{k}={n}" for k, n in sorted(shown.items())),
+                                refresh=False)
+
         try:
-            while True:
-                finished = all(f.done() for f in futures)
-                if finished:
-                    time.sleep(0.3)            # events are batched: let the last ones arrive
-                while events:
-                    ev = events.popleft()
-                    if on_event:
-                        on_event(ev)
-                    shown[ev["status"]] += 1
-                    done_videos += 1
-                    # decoded seconds can pass the listed durations by a frame or two
-                    left = (bar.total - bar.n) if bar.total else math.inf
-                    bar.update(max(0.0, min(round(ev["seconds"], 1), left)))
-                    bar.set_postfix_str(f"{done_videos}/{n_videos} videos "
-                                        + " ".join(f"{k}={n}" for k, n in sorted(shown.items())),
-                                        refresh=False)
-                if finished:
-                    break
-                time.sleep(0.2)
-            results = [f.result() for f in futures]     # a bug in a worker surfaces here
+            results = follow(futures, events, handle)   # a bug in a worker surfaces here
         except BaseException:
             client.cancel(futures)
             raise

@@ -162,7 +162,11 @@ class ShardWriter:
             fields += [pa.field(n, pa.list_(pa.list_(dtype, w))) for n, (w, _) in FEATURES.items()]
             self._schema = pa.schema(fields, metadata={"recipe": json.dumps(self.recipe,
                                                                            sort_keys=True)})
-            self._pq = pq.ParquetWriter(self.tmp, self._schema, compression="none")
+            # plain encoding for the features: dictionary pages cost time and do not pay off
+            # for high-cardinality float rows
+            self._pq = pq.ParquetWriter(self.tmp, self._schema, compression="none",
+                                        use_dictionary=[f.name for f in INDEX_SCHEMA
+                                                        if f.type == pa.string()])
         cols = {}
         for f in self._schema:
             if f.name in FEATURES:

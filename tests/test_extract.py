@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import yaml
 
 from pipeline.config import ClusterParams, ExtractParams
-from pipeline.decode import SIZE_3D, plan
+from pipeline.decode import SIZE_3D
 from pipeline.extract import ExtractError, classify, extract, plan_shards
 from pipeline.store import FeatureStore, StoreError, read_shard_rows, scan
 from pipeline.weights import CLIP_MEAN, load_backbone
@@ -128,6 +128,7 @@ def test_every_edge_case_gets_its_status(store):
     got = {r["video_id"]: r["status"] for r in s.index.to_pylist()}
     assert got == EXPECTED
     assert "private" in s.info("privatevid1")["message"]
+    assert "media file missing" in s.info("-missing___")["message"]
     assert "gone.mp4" in s.info("-missing___")["message"]
     assert "decoded" in s.info("truncated__")["message"]
     assert s.info("noaudio____")["n_logmel"] == 0 and not s.info("noaudio____")["has_audio"]
@@ -239,6 +240,20 @@ def test_rerun_does_nothing_and_recipe_change_redoes(media, tmp_path):
                 CLUSTER, root)
     assert s["this_run"] == {"ok": 1} and first[0].stat().st_mtime_ns != stamp   # redone
     assert FeatureStore(tmp_path).read("short1s____", "resnet152").dtype == np.float32
+
+
+def test_missing_file_is_retried_once_it_is_back(media, tmp_path):
+    root, files = media
+    path = root / "videos" / "late.mp4"
+    path.unlink(missing_ok=True)
+    table = ledger(root, {"latefile___": path})
+    p = dataclasses.replace(PARAMS, max_failure_fraction=1.0)
+    extract("youcook2", table, tmp_path, p, CLUSTER, root)
+    assert FeatureStore(tmp_path).info("latefile___")["status"] == "probe_error"
+    shutil.copy(files["short1s____"], path)        # the download stage fetched it again
+    s = extract("youcook2", table, tmp_path, p, CLUSTER, root)
+    assert s["this_run"] == {"ok": 1}
+    assert FeatureStore(tmp_path).info("latefile___")["status"] == "ok"
 
 
 def test_failure_fraction_fails_the_stage(media, tmp_path):
