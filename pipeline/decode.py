@@ -34,6 +34,7 @@ SIZE_3D = 112        # px, short side before the centre crop, and the crop's sid
 FPS_2D = 1           # frames per second of the 2D branch
 FPS_3D = 24          # frames per second of the 3D branch
 AUDIO_RATE = 16000   # Hz, mono float32
+PIPE_BYTES = 1 << 20  # pipe buffer asked for per output (the default max for non-root users)
 FFMPEG = "ffmpeg"
 _GLOBAL_ARGS = ("-nostdin", "-hide_banner", "-nostats", "-loglevel", "error")
 
@@ -231,6 +232,16 @@ def _reader(fd: int, tag: str, shape: tuple[int, ...], dtype, chunk_items: int,
         put_unless_stopped(q, (tag, e), stop)
 
 
+def _widen(fd: int) -> None:
+    """Grows a pipe to 1 MiB (Linux; the default 64 KiB is a quarter of one 2D frame), so ffmpeg
+    writes whole frames without waking the reader for every 64 KiB. Best effort."""
+    try:
+        import fcntl
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+    except (ImportError, OSError):
+        pass
+
+
 def _stderr_tail(pipe, tail: collections.deque) -> None:
     for line in iter(pipe.readline, b""):
         tail.append(line.decode("utf-8", "replace").rstrip())
@@ -271,6 +282,7 @@ def decode(path: Path, p: DecodePlan | None = None, *, chunk_frames_2d: int = 8,
             r, w = os.pipe()
             owned += [r, w]
             pipes[tag] = (r, w)
+            _widen(w)
         cmd = single_pass_command(path, p, {tag: w for tag, (_, w) in pipes.items()})
         log.debug("decode %s: %s", path, cmd)
         try:
