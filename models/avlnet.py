@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.resdavenet import ResDAVEnet
+from models.resdavenet import WIDTHS, ResDAVEnet
 
 VIDEO_DIM = 4096          # [L2-normalised max-pooled 2D (2048) || 3D (2048)]
 AUDIO_DIM = 1024          # ResDAVEnet output channels
@@ -72,19 +72,26 @@ class AVLnet(nn.Module):
     (1024 -> D); video: GU_video (4096 -> D). With head 'linear' GU_audio is the identity.
     Pooling: in training mode the mean over all T' steps (padding included, as the reference);
     in evaluation mode over the first max(1, nframes // 16) steps. 84,531,202 parameters at
-    D = 4096 with the gating head."""
+    D = 4096 with the gating head and the paper's audio widths (128, 256, 512, 1024); smaller
+    `audio_widths` make the small configurations of tests and the CPU demo."""
 
-    def __init__(self, embed_dim: int = 4096, head: Head = "gating"):
+    def __init__(self, embed_dim: int = 4096, head: Head = "gating",
+                 audio_widths: tuple[int, ...] = WIDTHS):
         super().__init__()
         self.embed_dim, self.head = embed_dim, head
-        self.DAVEnet = ResDAVEnet()
-        self.GU_audio = nn.Identity() if head == "linear" else _head(head, AUDIO_DIM, AUDIO_DIM)
-        self.DAVEnet_projection = nn.Linear(AUDIO_DIM, embed_dim)
+        self.DAVEnet = ResDAVEnet(widths=tuple(audio_widths))
+        a = self.DAVEnet.out_dim                  # 1024 in the paper's configuration
+        self.GU_audio = nn.Identity() if head == "linear" else _head(head, a, a)
+        self.DAVEnet_projection = nn.Linear(a, embed_dim)
         self.GU_video = _head(head, VIDEO_DIM, embed_dim)
+        # None: masked (true-length) pooling in eval mode, mean over all steps in training;
+        # True forces masked pooling while training (the reference's eval-mode fine-tuning)
+        self.masked_pooling: bool | None = None
 
     def pool(self, feats: torch.Tensor, nframes: torch.Tensor | None) -> torch.Tensor:
         """(B, C, T') -> (B, C): mean over all steps (training) or the true ones (eval)."""
-        if self.training or nframes is None:
+        masked = (not self.training) if self.masked_pooling is None else self.masked_pooling
+        if not masked or nframes is None:
             return feats.mean(dim=2)
         steps = torch.clamp(torch.div(nframes, TIME_STRIDE, rounding_mode="floor"), min=1)
         steps = torch.clamp(steps, max=feats.shape[2]).to(feats.device)

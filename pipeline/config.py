@@ -311,6 +311,46 @@ class ExtractParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class ModelParams:
+    """The AVLnet model and loss (avlnet.md); the paper's Table 3 ablations are these values."""
+
+    embed_dim: int = param(4096, "joint embedding size D (paper: 4096)", ge=1)
+    head: Literal["gating", "linear", "mlp"] = param("gating", "projection heads (Table 3)")
+    audio_widths: list[int] = param([128, 256, 512, 1024], "ResDAVEnet stage widths (paper: "
+                                                           "128, 256, 512, 1024)")
+    loss: Literal["mms", "infonce", "max_margin", "bce", "milnce"] = param(
+        "mms", "training loss (Table 3)")
+    mms_margin: float = param(0.001, "MMS margin delta (paper: 0.001)", ge=0)
+    ranking_margin: float = param(0.1, "max-margin ranking loss margin m", ge=0)
+    temperature: float = param(0.1, "InfoNCE temperature", gt=0)
+
+    def __post_init__(self) -> None:
+        if len(self.audio_widths) != 4 or min(self.audio_widths) < 1:
+            _fail("audio_widths", f"expected 4 positive widths, got {self.audio_widths}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+    """Stage train (pretraining on random 10 s windows) and the training loop both stages use."""
+
+    dataset: Literal["howto100m", "demo"] = param("demo", "pretraining data (feature store)")
+    model: ModelParams = param(ModelParams(), "model and loss")
+    epochs: int = param(30, "epochs (paper: 30)", ge=1)
+    videos_per_batch: int = param(128, "N videos per batch (paper: 128)", ge=1)
+    clips_per_video: int = param(32, "M random windows per video (paper: 32)", ge=1)
+    lr: float = param(1e-3, "Adam learning rate (paper: 1e-3)", gt=0)
+    lr_decay: float = param(0.9, "lr multiplied by this after every epoch (paper: 0.9)", gt=0,
+                            le=1)
+    seed: int = param(0, "seeds data order, windows and initialisation")
+    workers: int = param(2, "data loader worker processes", ge=0)
+    precision: Literal["auto", "float32", "bf16", "fp16"] = param(
+        "auto", "auto: bf16 autocast on CUDA, float32 on the CPU")
+    checkpoint_every: int = param(200, "steps between checkpoints (also at every epoch end)",
+                                  ge=1)
+    device: Literal["auto", "cpu", "cuda"] = param("auto", "CUDA when present, else the CPU")
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     """The whole params.yaml."""
 
@@ -320,6 +360,7 @@ class Params:
     cluster: ClusterParams = param(ClusterParams(), "dask cluster for download and extraction")
     download: DownloadParams = param(DownloadParams(), "download stage")
     extract: ExtractParams = param(ExtractParams(), "feature extraction stage")
+    train: TrainParams = param(TrainParams(), "pretraining stage")
 
     def __post_init__(self) -> None:
         if len(set(self.datasets)) != len(self.datasets):

@@ -473,14 +473,16 @@ def run_shard(job: ShardJob, emit: Callable[[dict], None] | None = None) -> dict
 
 
 def plan_shards(videos: list[tuple[str, str, str | None, float | None]], p: ExtractParams,
-                first: int) -> list[tuple[int, tuple]]:
+                first: int, min_shards: int = 1) -> list[tuple[int, tuple]]:
     """Videos (id, path, sha256, duration) -> [(shard number, ((id, path, sha256), ...))]:
-    at most p.shard_videos videos and about p.shard_seconds of video each, numbered from
-    `first`; longest-first within the list keeps shard costs even."""
+    at most p.shard_videos videos and about p.shard_seconds of video each, and small enough to
+    make at least `min_shards` shards (so every worker has work and a crash loses little);
+    numbered from `first`."""
+    size = max(1, min(p.shard_videos, math.ceil(len(videos) / max(1, min_shards))))
     shards, cur, secs = [], [], 0.0
     for vid, path, sha, dur in videos:
         d = dur or 0.0
-        if cur and (len(cur) >= p.shard_videos or secs + d > p.shard_seconds):
+        if cur and (len(cur) >= size or secs + d > p.shard_seconds):
             shards.append(tuple(cur))
             cur, secs = [], 0.0
         cur.append((vid, path, sha))
@@ -553,7 +555,8 @@ def extract(dataset: str, availability: pa.Table, out_dir: Path, p: ExtractParam
         todo.append((vid, str(media), r.get("sha256"), r.get("duration_s")))
     todo.sort(key=lambda t: -(t[3] or 0.0))
     first = max((shard_number(s[0].name) for s in shards), default=-1) + 1
-    jobs_plan = plan_shards(todo, p, first)
+    # 4 shards per local worker: work for all, and a crash loses at most a quarter of a run
+    jobs_plan = plan_shards(todo, p, first, min_shards=4 * _n_workers(p, cluster))
     total_s = sum(t[3] or 0.0 for t in todo)
     log.info("%s: %d videos listed, %d available; %d already extracted, %d to do (%.0f s of "
              "video) in %d shard(s); weights %s / %s; recipe %s", dataset, len(ledger),
@@ -599,10 +602,16 @@ def extract(dataset: str, availability: pa.Table, out_dir: Path, p: ExtractParam
     return summary
 
 
+def _n_workers(p: ExtractParams, cluster: ClusterParams) -> int:
+    """LocalCluster workers: extract.workers, else one per visible GPU, else one."""
+    cuda = p.device != "cpu" and torch.cuda.is_available()
+    return p.workers or (torch.cuda.device_count() if cuda else 1)
+
+
 def _run(dataset, jobs_plan, p, cluster, out_dir, recipe, weights, total_s, on_event):
     """Submits the shard tasks and follows their per-video events -> counts per status."""
     cuda = p.device != "cpu" and torch.cuda.is_available()
-    n_workers = p.workers or (torch.cuda.device_count() if cuda else 1)
+    n_workers = _n_workers(p, cluster)
     cp = dataclasses.replace(cluster, workers=n_workers, threads_per_worker=1)
     threads = 0 if cluster.scheduler_address else max(1, (os.cpu_count() or 1) // n_workers)
     topic = f"avl-extract-{uuid.uuid4().hex[:8]}"

@@ -289,6 +289,10 @@ def test_plan_shards_by_count_and_seconds():
     shards = plan_shards(vids, p, 7)
     assert [n for n, _ in shards] == [7, 8, 9]
     assert [[v for v, _, _ in s] for _, s in shards] == [["v0"], ["v1", "v2"], ["v3", "v4"]]
+    # at least min_shards shards, however large shard_videos is
+    many = plan_shards([(f"v{i}", "p", None, 1.0) for i in range(36)], ExtractParams(), 0,
+                       min_shards=4)
+    assert [len(s) for _, s in many] == [9, 9, 9, 9]
 
 
 # --------------------------------------------------------------------------- kill -9

@@ -1,0 +1,132 @@
+"""Training and evaluation data from a feature store (avlnet.md): random 10 s windows of whole
+videos for pretraining, annotated clips for fine-tuning and evaluation.
+
+Both read only the rows a window needs (FeatureStore.read slices along time) and are seeded so
+that an item depends only on (seed, epoch, index): the same batches come out whatever the number
+of loader workers, and a resumed run sees exactly the batches it would have seen."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from models.avlnet import video_input
+from pipeline.sampling import CLIP_FRAMES, WINDOW_FRAMES, draw_starts, pad_or_crop, window
+from pipeline.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+FEAT_DIM = 2048
+
+
+def pooled_rows(store: FeatureStore, video_id: str, feature: str, first: int, last: int
+                ) -> np.ndarray:
+    """Max over feature rows first..last inclusive (clipped to the rows the video has) -> (2048,)
+    float32; zeros when the window holds no row (a video shorter than its window)."""
+    n = store.info(video_id)[f"n_{feature}"]
+    first, last = max(0, first), min(last, n - 1)
+    if last < first:
+        return np.zeros(FEAT_DIM, np.float32)
+    return store.read(video_id, feature, first, last + 1).astype(np.float32).max(axis=0)
+
+
+def audio_window(store: FeatureStore, video_id: str, start: int, length: int
+                 ) -> tuple[np.ndarray, int]:
+    """Spectrogram frames [start, start + length), zero-padded past the end -> ((40, length)
+    float32, real frames)."""
+    spec = store.read(video_id, "logmel", start, start + length).astype(np.float32)
+    out, _ = pad_or_crop(spec, length)
+    return out, spec.shape[1]
+
+
+class PretrainVideos(Dataset):
+    """One item = one video: M random 10 s windows at whole-second starts (avlnet.md).
+
+    -> {'spec': (M, 40, F) float32, 'nframes': (M,) int64, 'video': (M, 4096) float32
+        ([normalised max-pooled 2D || 3D]), 'video_index': (M,), 'start_s': (M,)}."""
+
+    def __init__(self, store: FeatureStore, video_ids: list[str], clips_per_video: int,
+                 seed: int = 0, window_frames: int = WINDOW_FRAMES):
+        self.store, self.ids = store, list(video_ids)
+        self.m, self.seed, self.window_frames = clips_per_video, seed, window_frames
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        vid = self.ids[i]
+        total = self.store.info(vid)["n_logmel"]
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        starts = draw_starts(total, self.m, rng, self.window_frames)
+        specs, nframes, videos = [], [], []
+        for s in starts:
+            w = window(int(s), total, self.window_frames)
+            spec, n = audio_window(self.store, vid, w.audio_start, w.audio_len)
+            specs.append(spec)
+            nframes.append(n)
+            videos.append((pooled_rows(self.store, vid, "resnet152", *w.rows2d),
+                           pooled_rows(self.store, vid, "resnext101", *w.rows3d)))
+        v2, v3 = (torch.from_numpy(np.stack(x)) for x in zip(*videos))
+        return {"spec": torch.from_numpy(np.stack(specs)),
+                "nframes": torch.tensor(nframes, dtype=torch.int64),
+                "video": video_input(v2, v3),
+                "video_index": torch.full((self.m,), i, dtype=torch.int64),
+                "start_s": torch.from_numpy(starts.astype(np.float32))}
+
+
+def collate_videos(items: list[dict]) -> dict:
+    """N videos x M clips -> one batch of N*M clips."""
+    return {k: torch.cat([it[k] for it in items]) for k in items[0]}
+
+
+@dataclass(frozen=True)
+class ClipRef:
+    clip_id: str
+    video_id: str
+    start_s: float
+    end_s: float
+
+
+class AnnotatedClips(Dataset):
+    """Annotated clips (fine-tuning, evaluation): audio of [start, end) padded or cropped to
+    `frames` (5120 YouCook2/CrossTask, 3072 MSR-VTT) with nframes the clip's true length; video
+    = normalised max over the 2D rows int(start)..int(end) and 3D rows int(1.5 start)..
+    int(1.5 end). Clips whose video has no usable features are left out and listed in
+    `missing` (evaluation counts them, see avlnet.md)."""
+
+    def __init__(self, store: FeatureStore, clips: list[ClipRef], frames: int):
+        usable = set(store.ids())
+        self.store, self.frames = store, frames
+        self.clips = [c for c in clips if c.video_id in usable]
+        self.missing = [c.clip_id for c in clips if c.video_id not in usable]
+        if self.missing:
+            log.info("%d of %d clips have no usable features (video not ok in the store)",
+                     len(self.missing), len(clips))
+
+    @classmethod
+    def for_dataset(cls, store: FeatureStore, clips: list[ClipRef], dataset: str
+                    ) -> "AnnotatedClips":
+        return cls(store, clips, CLIP_FRAMES[dataset])
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> dict:
+        c = self.clips[i]
+        a0, a1 = int(round(c.start_s * 100)), int(round(c.end_s * 100))
+        spec = self.store.read(c.video_id, "logmel", a0, a1).astype(np.float32)
+        nframes = spec.shape[1]
+        spec, _ = pad_or_crop(spec, self.frames)
+        v2 = pooled_rows(self.store, c.video_id, "resnet152", int(c.start_s), int(c.end_s))
+        v3 = pooled_rows(self.store, c.video_id, "resnext101", int(c.start_s * 1.5),
+                         int(c.end_s * 1.5))
+        return {"spec": torch.from_numpy(spec), "nframes": torch.tensor(nframes),
+                "video": video_input(torch.from_numpy(v2), torch.from_numpy(v3)),
+                "index": torch.tensor(i)}

@@ -1,0 +1,153 @@
+"""Training loop (pipeline/train.py) and training data (pipeline/avdata.py): a tiny AVLnet learns
+separable data, a run stopped mid-epoch resumes to the same parameters, windows read the right
+rows of a feature store."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.avdata import AnnotatedClips, ClipRef, PretrainVideos, collate_videos
+from pipeline.config import ModelParams, TrainParams
+from pipeline.store import FeatureStore, ShardWriter, VideoRecord, write_index
+from pipeline.train import CHECKPOINT, TrainError, embed, epoch_batches, recall_at, train
+
+TINY = TrainParams(model=ModelParams(embed_dim=32, audio_widths=[8, 8, 16, 16]), workers=0,
+                   checkpoint_every=2, seed=1)
+
+
+class Separable(Dataset):
+    """K classes; each item's spectrogram and video vector carry its class's pattern + noise."""
+
+    def __init__(self, n: int = 48, k: int = 8, frames: int = 64, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.a_proto = torch.randn(k, 40, 1, generator=g)
+        self.v_proto = torch.randn(k, 4096, generator=g)
+        self.labels = torch.arange(n) % k
+        self.spec = self.a_proto[self.labels] + 0.5 * torch.randn(n, 40, frames, generator=g)
+        self.video = self.v_proto[self.labels] + 0.5 * torch.randn(n, 4096, generator=g)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"spec": self.spec[i], "nframes": torch.tensor(self.spec.shape[2]),
+                "video": self.video[i]}
+
+
+def collate(items):
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def test_epoch_batches_are_seeded_and_drop_the_last_partial():
+    a = epoch_batches(10, 3, seed=0, epoch=0)
+    assert a == epoch_batches(10, 3, seed=0, epoch=0) and len(a) == 3
+    assert a != epoch_batches(10, 3, seed=0, epoch=1)
+    assert sorted(i for b in a for i in b) != list(range(10))     # one item left out
+
+
+def test_tiny_config_learns_separable_data(tmp_path):
+    data = Separable()
+    from torch.utils.data import DataLoader
+    from pipeline.train import build_model
+    losses = []
+    train(tmp_path / "run", data, collate, TINY, items_per_batch=16, epochs=6, lr=1e-3,
+          lr_decay=0.9, on_step=lambda r: losses.append(r["loss"]))
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
+    model = build_model(TINY.model)
+    model.load_state_dict(torch.load(tmp_path / "run" / "final.pt")["model"])
+    a, v = embed(model, DataLoader(data, batch_size=16, collate_fn=collate), torch.device("cpu"))
+    r1 = recall_at(a, v, 1)
+    assert r1 > 3 / len(data)                     # chance is 1/48 (same-class items tie-break)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 * 3 and {"loss", "lr", "clips_per_s", "data_wait"} <= set(rows[0])
+    assert rows[-1]["lr"] == pytest.approx(1e-3 * 0.9 ** 5)
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+
+
+def test_resume_mid_epoch_gives_the_same_parameters(tmp_path):
+    data = Separable(n=40)
+    kw = dict(items_per_batch=8, epochs=2, lr=1e-3, lr_decay=0.9)
+    train(tmp_path / "whole", data, collate, TINY, **kw)
+    out = train(tmp_path / "cut", data, collate, TINY, stop_after_steps=3, **kw)
+    assert out["stopped_at"] == 3                          # mid-epoch (5 steps per epoch)
+    assert torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=False)["step_in_epoch"] == 3
+    train(tmp_path / "cut", data, collate, TINY, **kw)     # resumes from the checkpoint
+    a = torch.load(tmp_path / "whole" / "final.pt")["model"]
+    b = torch.load(tmp_path / "cut" / "final.pt")["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    data = Separable(n=16)
+    train(tmp_path / "r", data, collate, TINY, items_per_batch=8, epochs=1, lr=1e-3,
+          lr_decay=1.0)
+    other = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, embed_dim=16))
+    with pytest.raises(TrainError, match="model config"):
+        train(tmp_path / "r", data, collate, other, items_per_batch=8, epochs=2, lr=1e-3,
+              lr_decay=1.0)
+
+
+# --------------------------------------------------------------------------- data from a store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Two videos written straight into a store: 62.5 s (6250 frames, 63 / 94 rows) and 7.3 s;
+    row r of every feature holds the value r (so windows can be checked), and one missing."""
+    d = tmp_path_factory.mktemp("store")
+    w = ShardWriter(d / "shard-00000.h5", {"dtype": "float16"})
+    rows = []
+    for vid, t, n2, n3 in (("longvideo01", 6250, 63, 94), ("shortvideo1", 730, 8, 11)):
+        arrays = {"resnet152": np.tile(np.arange(n2, dtype=np.float16)[:, None], (1, 2048)),
+                  "resnext101": np.tile(np.arange(n3, dtype=np.float16)[:, None], (1, 2048)),
+                  "logmel": np.tile(-(np.arange(t) % 80).astype(np.float16), (40, 1))}
+        w.add(VideoRecord(vid, "ok", {}, arrays))
+    rows = w.close()
+    rows.append({"video_id": "notextract1", "status": "not_downloaded"})
+    write_index(rows, d / "index.parquet")
+    return FeatureStore(d)
+
+
+def test_pretrain_windows_read_the_right_rows(store):
+    ds = PretrainVideos(store, ["longvideo01", "shortvideo1"], clips_per_video=6, seed=3)
+    item = ds[0]
+    assert item["spec"].shape == (6, 40, 1000) and item["video"].shape == (6, 4096)
+    for j, s in enumerate(item["start_s"].int().tolist()):
+        assert 0 <= s <= 50
+        a0 = max(0, 100 * s - 2)
+        want = -(np.arange(a0, a0 + 1000) % 80)
+        assert np.array_equal(item["spec"][j, 0].numpy(), want)
+        # max over inclusive rows s..s+10 (2D) and int(1.5 s)..int(1.5 (s+10)) (3D), normalised
+        v = item["video"][j]
+        assert torch.allclose(v[:2048], torch.full((2048,), 1 / np.sqrt(2048)), atol=1e-6)
+    short = ds[1]
+    assert (short["start_s"] == 0).all() and (short["nframes"] == 730).all()
+    assert (short["spec"][:, :, 730:] == 0).all()
+    again = PretrainVideos(store, ["longvideo01", "shortvideo1"], clips_per_video=6, seed=3)
+    assert torch.equal(again[0]["spec"], item["spec"])          # (seed, epoch, index) only
+    again.set_epoch(1)
+    assert not torch.equal(again[0]["start_s"], item["start_s"])
+    batch = collate_videos([ds[0], ds[1]])
+    assert batch["spec"].shape == (12, 40, 1000) and batch["video_index"].tolist() == \
+        [0] * 6 + [1] * 6
+
+
+def test_annotated_clips_pad_crop_and_missing(store):
+    clips = [ClipRef("c1", "longvideo01", 3.0, 13.5), ClipRef("c2", "shortvideo1", 0.0, 7.3),
+             ClipRef("c3", "notextract1", 0.0, 5.0)]
+    ds = AnnotatedClips(store, clips, frames=512)
+    assert len(ds) == 2 and ds.missing == ["c3"]
+    c = ds[0]
+    assert c["spec"].shape == (40, 512) and c["nframes"].item() == 1050   # original length
+    assert np.array_equal(c["spec"][0].numpy(), -(np.arange(300, 812) % 80))
+    c = ds[1]                                        # 730 frames cropped to 512
+    assert c["nframes"].item() == 730 and c["spec"].shape == (40, 512)
+    long = AnnotatedClips(store, clips[1:2], frames=1024)[0]   # padded with 0 dB
+    assert long["nframes"].item() == 730 and (long["spec"][:, 730:] == 0).all()
