@@ -351,6 +351,40 @@ class TrainParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class FinetuneParams:
+    """Stage finetune@<dataset>: the pretrained model on the dataset's annotated train clips."""
+
+    datasets: list[Literal["demo", "youcook2", "msrvtt", "crosstask"]] = param(  # type: ignore[valid-type]
+        ["demo"], "datasets fine-tuned (each needs its features)")
+    init: Literal["pretrained", "none"] = param("pretrained", "start from stage train's model, "
+                                                              "or from scratch (the paper's "
+                                                              "'target only' rows)")
+    batch: int = param(256, "clips per batch (paper: 256; from scratch 64)", ge=1)
+    lr: float = param(1e-4, "Adam learning rate, constant (paper: 1e-4)", gt=0)
+    epochs: int = param(5, "epochs (paper: 5; from scratch 15)", ge=1)
+    bn_mode: Literal["frozen", "train"] = param("frozen", "frozen: BatchNorm statistics "
+                                                          "frozen and masked pooling, as the "
+                                                          "reference fine-tunes; train: usual "
+                                                          "training mode")
+    clip_frames: int = param(0, "audio frames per clip, padded or cropped; 0 = the dataset's "
+                                "(5120 YouCook2/CrossTask, 3072 MSR-VTT, 1024 demo)", ge=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    """Stage evaluate@<dataset>: recall tables of each setting's checkpoint."""
+
+    datasets: list[Literal["demo", "youcook2", "msrvtt", "crosstask"]] = param(  # type: ignore[valid-type]
+        ["demo"], "datasets evaluated (each needs its features)")
+    settings: list[Literal["zero_shot", "fine_tuned"]] = param(
+        ["zero_shot", "fine_tuned"], "zero_shot: stage train's model; fine_tuned: "
+                                     "finetune@<dataset>'s (skipped with a warning if absent)")
+    batch: int = param(64, "clips embedded per forward", ge=1)
+    examples: int = param(5, "queries shown in the qualitative page", ge=0)
+    device: Literal["auto", "cpu", "cuda"] = param("auto", "CUDA when present, else the CPU")
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     """The whole params.yaml."""
 
@@ -361,6 +395,8 @@ class Params:
     download: DownloadParams = param(DownloadParams(), "download stage")
     extract: ExtractParams = param(ExtractParams(), "feature extraction stage")
     train: TrainParams = param(TrainParams(), "pretraining stage")
+    finetune: FinetuneParams = param(FinetuneParams(), "fine-tuning stage")
+    evaluate: EvaluateParams = param(EvaluateParams(), "evaluation stage")
 
     def __post_init__(self) -> None:
         if len(set(self.datasets)) != len(self.datasets):

@@ -625,7 +625,7 @@ def _run(dataset, jobs_plan, p, cluster, out_dir, recipe, weights, total_s, on_e
                  len(client.scheduler_info()["workers"]), "CUDA" if cuda else "CPU")
         client.subscribe_topic(topic, lambda ev: events.append(ev[1]))
         futures = client.map(run_shard, jobs, pure=False)
-        bar = tqdm(total=round(total_s, 1) or None, desc=f"extract@{dataset}", unit="video-s",
+        bar = tqdm(total=round(total_s) or None, desc=f"extract@{dataset}", unit="video-s",
                    smoothing=0.05, mininterval=0.5 if os.isatty(2) else 10.0)
         done_videos = 0
 
@@ -637,7 +637,7 @@ def _run(dataset, jobs_plan, p, cluster, out_dir, recipe, weights, total_s, on_e
             done_videos += 1
             # decoded seconds can pass the listed durations by a frame or two
             left = (bar.total - bar.n) if bar.total else math.inf
-            bar.update(max(0.0, min(round(ev["seconds"], 1), left)))
+            bar.update(max(0, min(round(ev["seconds"]), left)))
             bar.set_postfix_str(f"{done_videos}/{n_videos} videos "
                                 + " ".join(f"{k}={n}" for k, n in sorted(shown.items())),
                                 refresh=False)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from models.avlnet import AVLnet
 from models.losses import LOSSES
 from pipeline.config import ModelParams, TrainParams, to_dict
+from pipeline.sources import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
           items_per_batch: int, epochs: int, lr: float, lr_decay: float,
           init_from: Path | None = None, bn_frozen: bool = False,
           provenance: dict | None = None, stop_after_steps: int | None = None,
+          restart_on_change: bool = False,
           on_step: Callable[[dict], None] | None = None) -> dict:
     """Trains (or resumes) the run in `run_dir`; -> summary. Writes checkpoint.pt (every
     p.checkpoint_every steps and at each epoch end), log.jsonl (one line per step: loss, lr,
@@ -134,7 +136,10 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
     items_per_batch: dataset items per global batch (videos for pretraining, clips for
     fine-tuning). bn_frozen: BatchNorm in evaluation mode (frozen statistics, eval pooling),
     the reference's fine-tuning behaviour. stop_after_steps: stop (after checkpointing) once
-    that many steps ran in this call (tests: a run cut short)."""
+    that many steps ran in this call (tests: a run cut short). A checkpoint in `run_dir` is
+    resumed when it was made with the same settings (`epochs` may grow); with other settings
+    the run starts over when restart_on_change (stages: DVC keeps the old run in its cache),
+    else TrainError."""
     d = setup_distributed(p.device)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / CHECKPOINT
@@ -146,11 +151,24 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
                            weight_decay=0.0)
     epoch, step_in_epoch, global_step = 0, 0, 0
+    run_key = {"model": to_dict(p.model), "seed": p.seed, "precision": p.precision,
+               "items_per_batch": items_per_batch, "lr": lr, "lr_decay": lr_decay,
+               "bn_frozen": bn_frozen,
+               "init_sha256": sha256_file(init_from) if init_from is not None else None,
+               "dataset_items": len(dataset)}
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=d.device, weights_only=False)
-        if state["config"] != to_dict(p.model):
-            raise TrainError(f"{ckpt_path} was written with model config {state['config']}, "
-                             f"not {to_dict(p.model)}: use another run folder or delete it")
+        if state.get("run_key") != run_key:
+            changed = sorted(k for k in run_key
+                             if (state.get("run_key") or {}).get(k) != run_key[k])
+            if not restart_on_change:
+                raise TrainError(f"{ckpt_path} was written with other settings ({', '.join(changed)}"
+                                 f" differ): use another run folder or delete it")
+            log.warning("%s: settings changed (%s): starting this run over", run_dir,
+                        ", ".join(changed))
+            for name in (CHECKPOINT, "log.jsonl", "loss.png", "final.pt", "summary.json"):
+                (run_dir / name).unlink(missing_ok=True)
+    if ckpt_path.exists():
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         epoch, step_in_epoch, global_step = (state["epoch"], state["step_in_epoch"],
@@ -184,7 +202,8 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
             save_checkpoint(ckpt_path, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": e,
                 "step_in_epoch": s, "global_step": global_step, "rng": _rng_state(),
-                "config": to_dict(p.model), "params": to_dict(p), "bn_frozen": bn_frozen,
+                "run_key": run_key, "config": to_dict(p.model), "params": to_dict(p),
+                "bn_frozen": bn_frozen,
                 "provenance": provenance or {}})
 
     try:

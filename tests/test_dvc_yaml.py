@@ -50,15 +50,25 @@ def project_imports(module: str) -> set[str]:
     return seen
 
 
+FOREACH = {"${datasets}": DATASETS,
+           "${finetune.datasets}": ("demo", "youcook2", "msrvtt", "crosstask"),
+           "${evaluate.datasets}": ("demo", "youcook2", "msrvtt", "crosstask")}
+
+
 def expanded_stages() -> dict[str, dict]:
-    """Every stage of dvc.yaml, with foreach expanded over ALL datasets (not just params')."""
+    """Every stage of dvc.yaml, with foreach expanded over ALL datasets it may take (not just
+    params'), and ${train.dataset} over both pretraining datasets."""
     raw = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     out = {}
     for name, st in raw.items():
         if "foreach" in st:
-            for ds in DATASETS:
+            for ds in FOREACH[st["foreach"]]:
                 text = yaml.safe_dump(st["do"]).replace("${item}", ds)
                 out[f"{name}@{ds}"] = yaml.safe_load(text)
+        elif "${train.dataset}" in yaml.safe_dump(st):
+            for ds in ("demo", "howto100m"):
+                out[f"{name}[{ds}]"] = yaml.safe_load(
+                    yaml.safe_dump(st).replace("${train.dataset}", ds))
         else:
             out[name] = st
     return out
@@ -78,6 +88,7 @@ def test_deps_cover_imports_and_nothing_stale(name):
     assert cmd[:2] == ["python", "-m"], f"{name}: stages run as modules"
     needed = project_imports(cmd[2])
     base, _, ds = name.partition("@")
+    base = base.partition("[")[0]
     if base == "manifest":  # imported lazily through pipeline.datasets.parser
         needed |= project_imports(MODULES[ds])
     deps = _paths(st.get("deps"))
@@ -93,10 +104,11 @@ def test_deps_cover_imports_and_nothing_stale(name):
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_cmd_paths_are_declared_and_params_exist(name):
     st = STAGES[name]
-    declared = _paths(st.get("deps")) | _paths(st.get("outs"))
+    declared = _paths(st.get("deps")) | _paths(st.get("outs")) | _paths(st.get("metrics"))
     cmd = shlex.split(st["cmd"])
     for flag, value in zip(cmd, cmd[1:]):
-        if flag in ("--out", "--source-spec", "--manifest", "--manifests", "--videos", "--ledger"):
+        if flag in ("--out", "--source-spec", "--manifest", "--manifests", "--videos", "--ledger",
+                    "--availability", "--features", "--init", "--models"):
             assert any(d == value or d.startswith(value.rstrip("/") + "/") for d in declared), (
                 f"{name}: {flag} {value} is neither a dep nor an out")
     params = load_params(ROOT / "params.yaml")

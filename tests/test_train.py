@@ -89,9 +89,16 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     train(tmp_path / "r", data, collate, TINY, items_per_batch=8, epochs=1, lr=1e-3,
           lr_decay=1.0)
     other = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, embed_dim=16))
-    with pytest.raises(TrainError, match="model config"):
+    with pytest.raises(TrainError, match="model differ"):
         train(tmp_path / "r", data, collate, other, items_per_batch=8, epochs=2, lr=1e-3,
               lr_decay=1.0)
+    # stages restart instead; more epochs with the same settings continue the run
+    out = train(tmp_path / "r", data, collate, other, items_per_batch=8, epochs=1, lr=1e-3,
+                lr_decay=1.0, restart_on_change=True)
+    assert out["steps"] == 2
+    out = train(tmp_path / "r", data, collate, other, items_per_batch=8, epochs=2, lr=1e-3,
+                lr_decay=1.0, restart_on_change=True)
+    assert out["steps"] == 4
 
 
 # --------------------------------------------------------------------------- data from a store

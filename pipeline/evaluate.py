@@ -1,0 +1,261 @@
+"""Evaluation: embed a dataset's evaluation clips with each checkpoint, score both retrieval
+directions under both protocols, and render the reports (avlnet.md "Evaluation").
+
+reports/recall/<ds>.json   flat keys "<setting>/<protocol>/<metric>" (dvc metrics show / diff)
+reports/recall/<ds>.md     recall table in the paper's layout, the paper's rows and chance beside
+reports/recall/<ds>.png    recall-at-K curves
+reports/recall/<ds>.html   qualitative examples: queries and their top-5 (self-contained)
+Tables and plots are rendered from the metrics dict, never recomputed."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline.avdata import AnnotatedClips
+from pipeline.config import ModelParams, from_dict
+from pipeline.manifest import write_json_atomic
+from pipeline.metrics import KS, chance, ranks_from_embeddings, retrieval_metrics
+from pipeline.runs import collate_clips, load_clips, provenance
+from pipeline.sampling import CLIP_FRAMES, EVAL_SPLIT
+from pipeline.sources import sha256_file
+from pipeline.store import FeatureStore
+from pipeline.train import build_model, embed
+
+log = logging.getLogger(__name__)
+
+SETTINGS = {"target_only": "target only", "zero_shot": "HowTo100M zero-shot",
+            "fine_tuned": "HowTo100M + fine-tune"}
+# avlnet.md Table 1 (R@1 / R@5 / R@10, percent): dataset -> setting -> (A->V, V->A)
+PAPER = {
+    "youcook2": {"random": ((0.03, 0.15, 0.3), (0.03, 0.15, 0.3)),
+                 "target_only": ((0.7, 2.3, 3.9), (0.8, 3.0, 4.9)),
+                 "zero_shot": ((27.4, 51.6, 61.5), (27.3, 51.2, 60.8)),
+                 "fine_tuned": ((30.7, 57.7, 67.4), (33.0, 58.9, 68.4))},
+    "crosstask": {"random": ((0.04, 0.18, 0.35), (0.04, 0.18, 0.35)),
+                  "target_only": ((0.7, 2.4, 4.6), (0.5, 5.2, 11.0)),
+                  "zero_shot": ((11.9, 29.4, 37.9), (10.8, 27.3, 35.7)),
+                  "fine_tuned": ((13.8, 34.5, 44.8), (15.5, 37.0, 52.9))},
+    "msrvtt": {"random": ((0.1, 0.5, 1.0), (0.1, 0.5, 1.0)),
+               "target_only": ((0.9, 5.0, 9.0), (0.8, 4.6, 8.1)),
+               "zero_shot": ((17.8, 35.5, 43.6), (17.2, 26.6, 46.6)),
+               "fine_tuned": ((20.1, 40.0, 49.6), (22.0, 41.4, 50.3))},
+}
+CURVE_K = 50
+
+
+class EvaluateError(RuntimeError):
+    """No checkpoint to evaluate, or no clip with features."""
+
+
+def load_model(path: Path, device: torch.device):
+    """A checkpoint (train.py's final.pt) -> (AVLnet in eval mode, checkpoint dict)."""
+    state = torch.load(path, map_location=device, weights_only=False)
+    model = build_model(from_dict(ModelParams, state["config"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
+
+
+def evaluate(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict[str, Path],
+             out_dir: Path, *, availability: Path | None = None, videos_root: Path | None = None,
+             batch: int = 64, examples: int = 5, device: str = "cpu") -> dict:
+    """Scores every setting whose checkpoint exists; writes the four reports -> metrics."""
+    dev = torch.device(device if device != "auto" else
+                       ("cuda" if torch.cuda.is_available() else "cpu"))
+    store = FeatureStore(features)
+    split = EVAL_SPLIT[dataset]
+    clips = load_clips(manifest_dir, split)
+    if not clips:
+        raise EvaluateError(f"{manifest_dir}/clips.parquet has no {split} clips")
+    ds = AnnotatedClips(store, clips, CLIP_FRAMES[dataset])
+    if not len(ds):
+        raise EvaluateError(f"none of the {len(clips)} {dataset} {split} clips has features")
+    present = {s: p for s, p in checkpoints.items() if p is not None and p.is_file()}
+    for s, p in checkpoints.items():
+        if s not in present:
+            log.warning("%s: no checkpoint for setting %s (%s): not evaluated", dataset, s, p)
+    if not present:
+        raise EvaluateError(f"no checkpoint found among {checkpoints}")
+    audit = _audit_date(availability)
+    prov = provenance(dataset, split, store, manifest_dir, clips_official=len(clips),
+                      clips_present=len(ds), clips_missing=len(ds.missing), audit=audit)
+    loader = DataLoader(ds, batch_size=batch, collate_fn=collate_clips)
+    results, curves, examples_html = {}, {}, []
+    for setting, path in present.items():
+        model, state = load_model(path, dev)
+        a, v = embed(model, loader, dev)
+        m = retrieval_metrics(a, v, n_official=len(clips))
+        results[setting] = {"metrics": m, "checkpoint": str(path),
+                            "checkpoint_sha256": sha256_file(path),
+                            "trained_on": state.get("provenance", {})}
+        r_av = ranks_from_embeddings(a, v).numpy()
+        r_va = ranks_from_embeddings(v, a).numpy()
+        curves[setting] = {"audio_to_video": _curve(r_av, len(clips)),
+                           "video_to_audio": _curve(r_va, len(clips))}
+        examples_html.append(_examples(setting, ds, a, v, examples, availability, videos_root))
+        log.info("%s %s: A->V R@1/5/10 %.3f/%.3f/%.3f, V->A %.3f/%.3f/%.3f (paper protocol, "
+                 "%d of %d clips present)", dataset, setting,
+                 *(m["paper"][f"audio_to_video_R@{k}"] for k in KS),
+                 *(m["paper"][f"video_to_audio_R@{k}"] for k in KS), len(ds), len(clips))
+    flat = {f"{s}/{proto}/{k}": v for s, r in results.items()
+            for proto, mm in r["metrics"].items() for k, v in mm.items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(flat, out_dir / f"{dataset}.json")
+    write_json_atomic({"dataset": dataset, "provenance": prov, "settings": results,
+                       "chance": chance(len(clips))},
+                      out_dir / dataset / "details.json")
+    (out_dir / f"{dataset}.md").write_text(markdown(dataset, results, prov))
+    _plot_curves(dataset, curves, len(clips), out_dir / f"{dataset}.png")
+    (out_dir / f"{dataset}.html").write_text(_page(dataset, prov, examples_html))
+    return flat
+
+
+def _audit_date(availability: Path | None) -> str | None:
+    """When the ledger last checked a video (the audit the numbers rest on)."""
+    if availability is None or not availability.is_file():
+        return None
+    col = pq.read_table(availability, columns=["last_checked"]).column("last_checked")
+    vals = [t for t in col.to_pylist() if t is not None]
+    return max(vals).isoformat() if vals else None
+
+
+def _curve(ranks: np.ndarray, n_official: int) -> list[float]:
+    """R@K for K = 1..CURVE_K, missing clips as failures (paper protocol)."""
+    return [float((ranks < k).sum() / n_official) for k in range(1, CURVE_K + 1)]
+
+
+def markdown(dataset: str, results: dict, prov: dict) -> str:
+    """The paper's Table 1 layout: one row per setting, A->V and V->A R@1/R@5/R@10 (percent)."""
+    n = prov["clips_official"]
+    ch = chance(n)
+    head = ["| setting | source | A->V R@1 | R@5 | R@10 | V->A R@1 | R@5 | R@10 | MdR A->V |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [f"| random (chance, {n} clips) | expected | "
+            + " | ".join(f"{100 * ch[f'R@{k}']:.1f}" for k in KS) + " | "
+            + " | ".join(f"{100 * ch[f'R@{k}']:.1f}" for k in KS) + f" | {ch['median_rank']:.1f} |"]
+    paper = PAPER.get(dataset, {})
+    for setting, label in SETTINGS.items():
+        if setting in paper:
+            av, va = paper[setting]
+            rows.append(f"| {label} | paper | " + " | ".join(f"{x:.1f}" for x in av) + " | "
+                        + " | ".join(f"{x:.1f}" for x in va) + " | |")
+        if setting in results:
+            for proto in ("paper", "available"):
+                m = results[setting]["metrics"][proto]
+                rows.append(f"| {label} | ours, {proto} protocol | "
+                            + " | ".join(f"{100 * m[f'audio_to_video_R@{k}']:.1f}" for k in KS)
+                            + " | "
+                            + " | ".join(f"{100 * m[f'video_to_audio_R@{k}']:.1f}" for k in KS)
+                            + f" | {m['audio_to_video_median_rank']:.1f} |")
+    lines = [f"# Retrieval on {dataset} ({prov['split']})", "",
+             f"{prov['clips_present']} of {prov['clips_official']} official clips have features "
+             f"({prov['clips_missing']} missing). Protocols: `paper` divides by the official "
+             "count with missing clips as failures; `available` scores the present clips only. "
+             "R@K in percent; ties ranked pessimistically.", "", *head, *rows, "",
+             "Provenance: split checksum `" + str(prov.get("split_checksum")) + "`, feature "
+             "recipe `" + str(prov.get("recipe_sha256"))[:16] + "`, audit " + str(prov["audit"])
+             + "; checkpoints:"]
+    for setting, r in results.items():
+        lines.append(f"- {SETTINGS[setting]}: `{r['checkpoint']}` (sha256 "
+                     f"`{r['checkpoint_sha256'][:16]}`)")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_curves(dataset: str, curves: dict, n: int, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ks = np.arange(1, CURVE_K + 1)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for setting, c in curves.items():
+        ax.plot(ks, c["audio_to_video"], label=f"{SETTINGS[setting]} A->V")
+        ax.plot(ks, c["video_to_audio"], "--", label=f"{SETTINGS[setting]} V->A")
+    ax.plot(ks, np.minimum(ks, n) / n, ":", color="gray", label="chance")
+    ax.set_xlabel("K")
+    ax.set_ylabel("recall at K (paper protocol)")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{dataset}: {n} clips")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _frame(video_path: Path | None, t: float) -> str | None:
+    """A frame of the media at t seconds as base64 PNG (160 px wide), or None."""
+    if video_path is None or not video_path.is_file():
+        return None
+    try:
+        out = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-ss", f"{t:.3f}", "-i",
+                              str(video_path), "-frames:v", "1", "-vf", "scale=160:-2",
+                              "-f", "image2", "-c:v", "png", "pipe:"], capture_output=True,
+                             timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return base64.b64encode(out).decode() if out else None
+
+
+def _examples(setting: str, ds: AnnotatedClips, a: torch.Tensor, v: torch.Tensor, n: int,
+              availability: Path | None, videos_root: Path | None) -> str:
+    """A->V examples: the query's spectrogram and its top-5 clips' centre frames."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    paths = {}
+    if availability is not None and availability.is_file():
+        for r in pq.read_table(availability, columns=["video_id", "path"]).to_pylist():
+            if r["path"]:
+                paths[r["video_id"]] = (videos_root or Path(".")) / r["path"]
+    picks = np.linspace(0, len(ds) - 1, num=min(n, len(ds))).round().astype(int)
+    parts = [f"<h2>{html.escape(SETTINGS[setting])}: audio query -> top-5 video clips</h2>"]
+    for q in picks:
+        item, clip = ds[int(q)], ds.clips[int(q)]
+        fig, ax = plt.subplots(figsize=(3, 1.2), dpi=80)
+        ax.imshow(item["spec"][:, :int(min(item["nframes"], item["spec"].shape[1]))].numpy(),
+                  origin="lower", aspect="auto", cmap="magma")
+        ax.axis("off")
+        spec = _png(fig)
+        scores = (a[q:q + 1] @ v.T)[0]
+        top = torch.argsort(scores, descending=True)[:5].tolist()
+        cells = []
+        for rank, j in enumerate(top, 1):
+            c = ds.clips[j]
+            img = _frame(paths.get(c.video_id), (c.start_s + c.end_s) / 2)
+            ok = j == q
+            pic = (f'<img src="data:image/png;base64,{img}">' if img
+                   else "<div class=nf>no frame</div>")
+            cells.append(f'<td class="{"hit" if ok else ""}">{pic}<br>#{rank} '
+                         f'{html.escape(c.clip_id)}{" &#10003; correct" if ok else ""}</td>')
+        parts.append(f'<p><b>query</b> {html.escape(clip.clip_id)} '
+                     f'({clip.start_s:.1f}-{clip.end_s:.1f} s)<br>'
+                     f'<img src="data:image/png;base64,{spec}"></p>'
+                     f"<table><tr>{''.join(cells)}</tr></table>")
+    return "\n".join(parts)
+
+
+def _page(dataset: str, prov: dict, sections: list[str]) -> str:
+    return ("<!doctype html><meta charset=utf-8><title>AVLnet retrieval examples: "
+            f"{html.escape(dataset)}</title><style>body{{font-family:sans-serif}}"
+            "td{vertical-align:top;padding:4px;font-size:12px}td.hit{background:#cfc}"
+            ".nf{width:160px;height:90px;background:#eee}</style>"
+            f"<h1>{html.escape(dataset)} {html.escape(prov['split'])}: qualitative examples</h1>"
+            "<p>Each query is a clip's log-Mel spectrogram (true length); the five video clips "
+            "it scores highest follow, the correct one marked green.</p>"
+            + "\n".join(sections) + f"\n<pre>{html.escape(json.dumps(prov, indent=1))}</pre>")
