@@ -43,6 +43,7 @@ class ResDAVEnet(nn.Module):
     def __init__(self, blocks: tuple[int, ...] = (2, 2, 2, 2), widths=WIDTHS):
         super().__init__()
         self.batchnorm1 = nn.BatchNorm2d(1)
+        self.batchnorm1.requires_grad_(False)     # never applied: no gradient (and DDP agrees)
         self.conv1 = nn.Conv2d(1, widths[0], (N_MELS, 1), bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)

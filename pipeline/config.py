@@ -338,6 +338,8 @@ class TrainParams:
     epochs: int = param(30, "epochs (paper: 30)", ge=1)
     videos_per_batch: int = param(128, "N videos per batch (paper: 128)", ge=1)
     clips_per_video: int = param(32, "M random windows per video (paper: 32)", ge=1)
+    window_s: int = param(10, "length of a pretraining window, whole seconds (paper: 10; its "
+                              "Table 3 ablates 2.5 to 20)", ge=1, le=60)
     lr: float = param(1e-3, "Adam learning rate (paper: 1e-3)", gt=0)
     lr_decay: float = param(0.9, "lr multiplied by this after every epoch (paper: 0.9)", gt=0,
                             le=1)
@@ -367,7 +369,8 @@ class FinetuneParams:
                                                           "reference fine-tunes; train: usual "
                                                           "training mode")
     clip_frames: int = param(0, "audio frames per clip, padded or cropped; 0 = the dataset's "
-                                "(5120 YouCook2/CrossTask, 3072 MSR-VTT, 1024 demo)", ge=0)
+                                "(5120 YouCook2/CrossTask, 3072 MSR-VTT, 512 demo); evaluation "
+                                "uses the same", ge=0)
 
 
 @dataclasses.dataclass(frozen=True)

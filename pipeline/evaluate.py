@@ -67,7 +67,8 @@ def load_model(path: Path, device: torch.device):
 
 def evaluate(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict[str, Path],
              out_dir: Path, *, availability: Path | None = None, videos_root: Path | None = None,
-             batch: int = 64, examples: int = 5, device: str = "cpu") -> dict:
+             batch: int = 64, examples: int = 5, device: str = "cpu",
+             clip_frames: int = 0) -> dict:
     """Scores every setting whose checkpoint exists; writes the four reports -> metrics."""
     dev = torch.device(device if device != "auto" else
                        ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -76,7 +77,7 @@ def evaluate(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict
     clips = load_clips(manifest_dir, split)
     if not clips:
         raise EvaluateError(f"{manifest_dir}/clips.parquet has no {split} clips")
-    ds = AnnotatedClips(store, clips, CLIP_FRAMES[dataset])
+    ds = AnnotatedClips(store, clips, clip_frames or CLIP_FRAMES[dataset])
     if not len(ds):
         raise EvaluateError(f"none of the {len(clips)} {dataset} {split} clips has features")
     present = {s: p for s, p in checkpoints.items() if p is not None and p.is_file()}

@@ -52,7 +52,7 @@ def pretrain(dataset: str, features: Path, manifest_dir: Path, out: Path, p: Tra
                          f"train.videos_per_batch = {p.videos_per_batch}")
     prov = provenance(dataset, split, store, manifest_dir, videos=len(ids),
                       videos_missing=len(listed) - len(ids))
-    ds = PretrainVideos(store, ids, p.clips_per_video, p.seed)
+    ds = PretrainVideos(store, ids, p.clips_per_video, p.seed, window_frames=100 * p.window_s)
     summary = train(out, ds, collate_videos, p, items_per_batch=p.videos_per_batch,
                     epochs=p.epochs, lr=p.lr, lr_decay=p.lr_decay, provenance=prov,
                     restart_on_change=True)

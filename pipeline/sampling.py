@@ -13,8 +13,9 @@ RATE = 16000                  # samples per second
 WINDOW_FRAMES = 1000          # a 10 s pretraining window
 ROWS_PER_S_2D = 1.0           # ResNet-152 rows per second
 ROWS_PER_S_3D = 1.5           # ResNeXt-101 rows per second
-# audio frames per annotated clip (avlnet.md); the demo's segments are 3 s, so 10 s suffice
-CLIP_FRAMES = {"youcook2": 5120, "crosstask": 5120, "msrvtt": 3072, "demo": 1024}
+# audio frames per annotated clip (avlnet.md); the demo's segments are 3 to 8 s (padding with
+# 0 dB, the loudest level, would otherwise dominate its short clips)
+CLIP_FRAMES = {"youcook2": 5120, "crosstask": 5120, "msrvtt": 3072, "demo": 512}
 TRAIN_SPLIT = {"youcook2": "train", "crosstask": "train", "msrvtt": "train_9k", "demo": "train",
                "howto100m": "train"}
 EVAL_SPLIT = {"youcook2": "val", "crosstask": "val", "msrvtt": "test_1k_a", "demo": "val"}

@@ -27,14 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     ds = args.dataset
 
     def body() -> int:
-        p = load_params(args.params).evaluate
+        params = load_params(args.params)
+        p = params.evaluate
         where = {"zero_shot": args.models / "pretrain" / "final.pt",
                  "fine_tuned": args.models / f"finetune-{ds}" / "final.pt"}
         manifest = args.manifest or Path("manifests", ds)
         evaluate(ds, args.features or Path("data/features", ds), manifest,
                  {s: where[s] for s in p.settings}, args.out,
                  availability=manifest / "availability.parquet", videos_root=Path.cwd(),
-                 batch=p.batch, examples=p.examples, device=p.device)
+                 batch=p.batch, examples=p.examples, device=p.device,
+                 clip_frames=params.finetune.clip_frames)   # the length it was fine-tuned on
         log.info("%s: reports in %s/%s.{json,md,png,html}", ds, args.out, ds)
         return 0
 

@@ -17,6 +17,12 @@ from tests.conftest import ROOT
 
 TINY_CLUSTER = {"workers": 1, "threads_per_worker": 2, "processes": True}
 TINY_EXTRACT = {"shard_videos": 2}
+TINY_TRAIN = {"videos_per_batch": 2, "clips_per_video": 2, "epochs": 2, "workers": 0,
+              "window_s": 4,
+              "model": {"embed_dim": 16, "head": "gating", "audio_widths": [8, 8, 16, 16],
+                        "loss": "mms", "mms_margin": 0.001, "ranking_margin": 0.1,
+                        "temperature": 0.1}}
+TINY_FINETUNE = {"batch": 2, "epochs": 1}
 TINY_DEMO = {"n_videos": 4, "n_val": 1, "n_concepts": 3, "min_duration_s": 5.0,
              "max_duration_s": 6.0, "segments_per_video": 1,
              "frame_sizes": ["320x240"], "fps": 30, "workers": 2}
@@ -51,16 +57,18 @@ def project(tmp_path_factory) -> Path:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest / rel)
     _set_params(dest, lambda d: (d["demo"].update(TINY_DEMO), d["cluster"].update(TINY_CLUSTER),
-                                 d["extract"].update(TINY_EXTRACT)))
+                                 d["extract"].update(TINY_EXTRACT), d["train"].update(TINY_TRAIN),
+                                 d["finetune"].update(TINY_FINETUNE)))
     _run(dest, "git", "init", "-q")
     _run(dest, "git", "add", "-A")
     _run(dest, "git", "commit", "-qm", "clone")
     return dest
 
 
-def test_repro_runs_demo_manifest_download_audit_and_extract(project):
+def test_repro_runs_the_whole_demo(project):
     out = _run(project, "dvc", "repro")
-    for stage in ("demo", "manifest@demo", "download@demo", "audit", "extract@demo"):
+    for stage in ("demo", "manifest@demo", "download@demo", "audit", "extract@demo", "train",
+                  "finetune@demo", "evaluate@demo"):
         assert f"Running stage '{stage}'" in out
     videos = pq.read_table(project / "manifests/demo/videos.parquet").to_pylist()
     assert len(videos) == 4
@@ -84,6 +92,15 @@ def test_repro_runs_demo_manifest_download_audit_and_extract(project):
     assert all(r["n_resnet152"] >= 5 and r["n_resnext101"] >= 7 for r in index)
     recipe = json.loads((project / "data/features/demo/recipe.json").read_text())
     assert recipe["resnet152"]["weights_sha256"] == "random-seed-0"
+    for run in ("pretrain", "finetune-demo"):
+        assert (project / f"data/models/{run}/final.pt").is_file()
+    recall = json.loads((project / "reports/recall/demo.json").read_text())
+    assert recall["fine_tuned/paper/n_queries"] == 1
+    assert 0 <= recall["zero_shot/paper/audio_to_video_R@10"] <= 1
+    for ext in ("md", "png", "html"):
+        assert (project / f"reports/recall/demo.{ext}").is_file()
+    shown = _run(project, "dvc", "metrics", "show")
+    assert "fine_tuned/paper/audio_to_video_R@10" in shown
 
 
 def test_second_repro_does_nothing(project):
@@ -122,7 +139,18 @@ def test_extract_param_change_reruns_only_extract_and_keeps_shards(project):
     out = _run(project, "dvc", "repro")
     assert "Running stage 'extract@demo'" in out
     assert "Running stage 'download@demo'" not in out and "Running stage 'audit'" not in out
+    # nor the store: training downstream is not re-run for a batch size
+    assert "Running stage 'train'" not in out and "Running stage 'evaluate@demo'" not in out
     # batch size does not change the recipe: the finished shards stay as they are
     assert {p.name: p.stat().st_mtime_ns for p in store.glob("shard-*.h5")} == shards
     assert "0 to do" in out
+    assert "up to date" in _run(project, "dvc", "status")
+
+
+def test_evaluate_param_change_reruns_only_evaluate(project):
+    _set_params(project, lambda d: d["evaluate"].update(examples=2))
+    out = _run(project, "dvc", "repro")
+    assert "Running stage 'evaluate@demo'" in out
+    for other in ("train", "finetune@demo", "extract@demo", "download@demo"):
+        assert f"Running stage '{other}'" not in out
     assert "up to date" in _run(project, "dvc", "status")

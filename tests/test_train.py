@@ -158,3 +158,78 @@ def test_annotated_clips_pad_crop_and_missing(store):
     assert c["nframes"].item() == 730 and c["spec"].shape == (40, 512)
     long = AnnotatedClips(store, clips[1:2], frames=1024)[0]   # padded with 0 dB
     assert long["nframes"].item() == 730 and (long["spec"][:, 730:] == 0).all()
+
+
+# --------------------------------------------------------------------------- subprocesses
+
+RUN = """
+import sys, dataclasses
+from pathlib import Path
+from tests.test_train import TINY, Separable, collate
+from pipeline.train import train
+p = dataclasses.replace(TINY, checkpoint_every=1)
+train(Path(sys.argv[1]), Separable(n=40), collate, p, items_per_batch=8, epochs=3, lr=1e-3,
+      lr_decay=0.9)
+"""
+
+
+def _env():
+    import os
+    from tests.conftest import ROOT
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    subprocess.run([sys.executable, "-c", RUN, str(whole)], env=_env(), check=True,
+                   capture_output=True, timeout=300)
+    proc = subprocess.Popen([sys.executable, "-c", RUN, str(cut)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    log = cut / "log.jsonl"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 7:   # mid epoch 2 (5/epoch)
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "final.pt").exists()
+    subprocess.run([sys.executable, "-c", RUN, str(cut)], env=_env(), check=True,
+                   capture_output=True, timeout=300)
+    a = torch.load(whole / "final.pt")["model"]
+    b = torch.load(cut / "final.pt")["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_torchrun_ddp_on_cpu(tmp_path):
+    """Two processes (gloo): each rank takes its half of every global batch, the embeddings are
+    gathered for the loss (the whole global batch as negatives), DDP averages the gradients,
+    and rank 0 alone writes the log and checkpoints."""
+    import subprocess
+    import sys
+    script = tmp_path / "ddp.py"
+    script.write_text(RUN + """
+import torch.distributed as dist, torch
+dist.barrier()                       # rank 0 has written final.pt
+m = torch.load(Path(sys.argv[1]) / "final.pt")["model"]
+flat = torch.cat([v.flatten().float() for v in m.values()])
+seen = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
+dist.all_gather(seen, flat)          # every rank read the same file: one writer
+assert all(torch.equal(seen[0], x) for x in seen)
+sys.stdout.write(f"RANK {dist.get_rank()} OK of {dist.get_world_size()}\\n")  # one write
+""")
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node", "2", str(script), str(tmp_path / "run")],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "RANK 0 OK" in out.stdout and "RANK 1 OK" in out.stdout
+    rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 * 5 and rows[0]["clips"] == 8        # the global batch
