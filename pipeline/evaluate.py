@@ -134,8 +134,19 @@ def _curve(ranks: np.ndarray, n_official: int) -> list[float]:
     return [float((ranks < k).sum() / n_official) for k in range(1, CURVE_K + 1)]
 
 
+def _labels(results: dict) -> dict[str, str]:
+    """Row labels: the paper's names when pretraining was on HowTo100M, else say on what."""
+    pre = (results.get("zero_shot", {}).get("trained_on", {}).get("dataset")
+           or results.get("fine_tuned", {}).get("trained_on", {}).get("pretrained_on"))
+    if pre in (None, "howto100m"):
+        return dict(SETTINGS)
+    return {"target_only": "target only", "zero_shot": f"zero-shot ({pre} pretraining)",
+            "fine_tuned": f"{pre} pretraining + fine-tune"}
+
+
 def markdown(dataset: str, results: dict, prov: dict) -> str:
     """The paper's Table 1 layout: one row per setting, A->V and V->A R@1/R@5/R@10 (percent)."""
+    labels = _labels(results)
     n = prov["clips_official"]
     ch = chance(n)
     head = ["| setting | source | A->V R@1 | R@5 | R@10 | V->A R@1 | R@5 | R@10 | MdR A->V |",
@@ -152,7 +163,7 @@ def markdown(dataset: str, results: dict, prov: dict) -> str:
         if setting in results:
             for proto in ("paper", "available"):
                 m = results[setting]["metrics"][proto]
-                rows.append(f"| {label} | ours, {proto} protocol | "
+                rows.append(f"| {labels[setting]} | ours, {proto} protocol | "
                             + " | ".join(f"{100 * m[f'audio_to_video_R@{k}']:.1f}" for k in KS)
                             + " | "
                             + " | ".join(f"{100 * m[f'video_to_audio_R@{k}']:.1f}" for k in KS)
@@ -166,7 +177,7 @@ def markdown(dataset: str, results: dict, prov: dict) -> str:
              "recipe `" + str(prov.get("recipe_sha256"))[:16] + "`, audit " + str(prov["audit"])
              + "; checkpoints:"]
     for setting, r in results.items():
-        lines.append(f"- {SETTINGS[setting]}: `{r['checkpoint']}` (sha256 "
+        lines.append(f"- {labels[setting]}: `{r['checkpoint']}` (sha256 "
                      f"`{r['checkpoint_sha256'][:16]}`)")
     return "\n".join(lines) + "\n"
 
@@ -178,8 +189,8 @@ def _plot_curves(dataset: str, curves: dict, n: int, out: Path) -> None:
     ks = np.arange(1, CURVE_K + 1)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for setting, c in curves.items():
-        ax.plot(ks, c["audio_to_video"], label=f"{SETTINGS[setting]} A->V")
-        ax.plot(ks, c["video_to_audio"], "--", label=f"{SETTINGS[setting]} V->A")
+        ax.plot(ks, c["audio_to_video"], label=f"{setting} A->V")
+        ax.plot(ks, c["video_to_audio"], "--", label=f"{setting} V->A")
     ax.plot(ks, np.minimum(ks, n) / n, ":", color="gray", label="chance")
     ax.set_xlabel("K")
     ax.set_ylabel("recall at K (paper protocol)")
@@ -225,7 +236,7 @@ def _examples(setting: str, ds: AnnotatedClips, a: torch.Tensor, v: torch.Tensor
             if r["path"]:
                 paths[r["video_id"]] = (videos_root or Path(".")) / r["path"]
     picks = np.linspace(0, len(ds) - 1, num=min(n, len(ds))).round().astype(int)
-    parts = [f"<h2>{html.escape(SETTINGS[setting])}: audio query -> top-5 video clips</h2>"]
+    parts = [f"<h2>{html.escape(setting)}: audio query -> top-5 video clips</h2>"]
     for q in picks:
         item, clip = ds[int(q)], ds.clips[int(q)]
         fig, ax = plt.subplots(figsize=(3, 1.2), dpi=80)
