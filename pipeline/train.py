@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -306,14 +305,6 @@ def plot_loss(log_path: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def recall_at(a: torch.Tensor, v: torch.Tensor, k: int) -> float:
-    """Fraction of rows of S = a @ v.T whose diagonal is among the k highest (strict rank:
-    candidates scoring strictly higher), a quick training-progress check."""
-    s = a @ v.T
-    rank = (s > s.diagonal()[:, None]).sum(1)
-    return float((rank < k).float().mean())
-
-
 def embed(model: AVLnet, loader: DataLoader, device: torch.device
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Evaluation-mode embeddings of every item -> (audio (n, D), video (n, D)) on the CPU."""
@@ -327,6 +318,3 @@ def embed(model: AVLnet, loader: DataLoader, device: torch.device
             outs_v.append(v.float().cpu())
     return torch.cat(outs_a), torch.cat(outs_v)
 
-
-def steps_per_epoch(n_items: int, items_per_batch: int) -> int:
-    return math.floor(n_items / items_per_batch)

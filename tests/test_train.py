@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 from pipeline.avdata import AnnotatedClips, ClipRef, PretrainVideos, collate_videos
 from pipeline.config import ModelParams, TrainParams
 from pipeline.store import FeatureStore, ShardWriter, VideoRecord, write_index
-from pipeline.train import CHECKPOINT, TrainError, embed, epoch_batches, recall_at, train
+from pipeline.metrics import retrieval_metrics
+from pipeline.train import CHECKPOINT, TrainError, embed, epoch_batches, train
 
 TINY = TrainParams(model=ModelParams(embed_dim=32, audio_widths=[8, 8, 16, 16]), workers=0,
                    checkpoint_every=2, seed=1)
@@ -61,7 +62,7 @@ def test_tiny_config_learns_separable_data(tmp_path):
     model = build_model(TINY.model)
     model.load_state_dict(torch.load(tmp_path / "run" / "final.pt")["model"])
     a, v = embed(model, DataLoader(data, batch_size=16, collate_fn=collate), torch.device("cpu"))
-    r1 = recall_at(a, v, 1)
+    r1 = retrieval_metrics(a, v)["available"]["audio_to_video_R@1"]
     assert r1 > 3 / len(data)                     # chance is 1/48 (same-class items tie-break)
     rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(rows) == 6 * 3 and {"loss", "lr", "clips_per_s", "data_wait"} <= set(rows[0])
