@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from pipeline.avdata import AnnotatedClips
 from pipeline.config import ModelParams, from_dict
 from pipeline.manifest import write_json_atomic
-from pipeline.metrics import KS, chance, ranks_from_embeddings, retrieval_metrics
+from pipeline.metrics import KS, chance, metrics_from_ranks, ranks_from_embeddings
 from pipeline.runs import collate_clips, load_clips, provenance
 from pipeline.sampling import CLIP_FRAMES, EVAL_SPLIT
 from pipeline.sources import sha256_file
@@ -94,12 +94,12 @@ def evaluate(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict
     for setting, path in present.items():
         model, state = load_model(path, dev)
         a, v = embed(model, loader, dev)
-        m = retrieval_metrics(a, v, n_official=len(clips))
+        r_av = ranks_from_embeddings(a, v).numpy()       # each direction ranked once
+        r_va = ranks_from_embeddings(v, a).numpy()
+        m = metrics_from_ranks(r_av, r_va, n_official=len(clips))
         results[setting] = {"metrics": m, "checkpoint": str(path),
                             "checkpoint_sha256": sha256_file(path),
                             "trained_on": state.get("provenance", {})}
-        r_av = ranks_from_embeddings(a, v).numpy()
-        r_va = ranks_from_embeddings(v, a).numpy()
         curves[setting] = {"audio_to_video": _curve(r_av, len(clips)),
                            "video_to_audio": _curve(r_va, len(clips))}
         examples_html.append(_examples(setting, ds, a, v, examples, availability, videos_root))

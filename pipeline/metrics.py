@@ -68,12 +68,17 @@ def retrieval_metrics(audio: torch.Tensor, video: torch.Tensor, n_official: int 
     """Embeddings of the present clips (row i of both = clip i) -> {'available': {...},
     'paper': {...}}, each with audio_to_video_* and video_to_audio_* keys plus n_queries,
     n_candidates, n_missing. n_official: the official clip count (default: the present ones)."""
-    n = audio.shape[0]
+    return metrics_from_ranks(ranks_from_embeddings(audio, video, chunk).numpy(),
+                              ranks_from_embeddings(video, audio, chunk).numpy(), n_official)
+
+
+def metrics_from_ranks(r_av: np.ndarray, r_va: np.ndarray, n_official: int | None = None
+                       ) -> dict[str, dict[str, float]]:
+    """A->V and V->A ranks of the present clips -> the dict of retrieval_metrics."""
+    n = len(r_av)
     n_official = n if n_official is None else n_official
     if n_official < n:
         raise ValueError(f"n_official ({n_official}) is below the {n} clips present")
-    r_av = ranks_from_embeddings(audio, video, chunk).numpy()
-    r_va = ranks_from_embeddings(video, audio, chunk).numpy()
     out = {}
     for protocol, total in (("available", n), ("paper", n_official)):
         m = summarize(r_av, "audio_to_video", total) | summarize(r_va, "video_to_audio", total)

@@ -134,6 +134,7 @@ class ShardWriter:
             self._h5.create_group("videos")
         else:
             self._pq = None
+            self._empty = False
 
     def add(self, rec: VideoRecord) -> None:
         row = rec.row()
@@ -196,8 +197,7 @@ class ShardWriter:
                 self._write_parquet_row(VideoRecord("", "empty"), {})
                 self._empty = True
             self._pq.add_key_value_metadata({"complete": "true",
-                                             "empty": "true" if getattr(self, "_empty", False)
-                                             else "false"})
+                                             "empty": "true" if self._empty else "false"})
             self._pq.close()
         fd = os.open(self.tmp, os.O_RDONLY)
         try:

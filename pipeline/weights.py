@@ -2,7 +2,6 @@
 eval-mode backbone and the recipe entries that say which weights made the features."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
@@ -20,6 +19,7 @@ from models.resnet2d import MEAN as RGB_MEAN
 from models.resnet2d import STD as RGB_STD
 from models.resnet2d import ResNet152Features, load_resnet_state
 from models.resnext3d import StateDictError, load_resnext_state, resnext101
+from pipeline.sources import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +126,6 @@ def freeze(model: nn.Module) -> nn.Module:
     """No gradients, eval mode (BatchNorm uses its running statistics)."""
     model.requires_grad_(False)
     return model.eval()
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _seed(weights: str) -> int:
