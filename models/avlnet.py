@@ -1,7 +1,8 @@
 """AVLnet: ResDAVEnet audio tower and a video head over [2D || 3D] features -> D-dim embeddings.
 
 avlnet.md "AVLnet heads": no BatchNorm and no L2 normalisation in the heads; similarity is the
-plain dot product A @ V.T. State_dict names follow the released checkpoints (`DAVEnet.*`,
+plain dot product A @ V.T. (`video_norm="batchnorm"`, off by default, standardises the video
+input for the offline demo's random-backbone features.) State_dict names follow the released checkpoints (`DAVEnet.*`,
 `DAVEnet_projection.*`, `GU_audio.*`, `GU_video.*`), so `AVLnet_release.pth` loads strictly.
 The head is configuration (the paper's Table 3): `gating` (default), `linear`, `mlp`."""
 from __future__ import annotations
@@ -18,6 +19,7 @@ VIDEO_DIM = 4096          # [L2-normalised max-pooled 2D (2048) || 3D (2048)]
 AUDIO_DIM = 1024          # ResDAVEnet output channels
 TIME_STRIDE = 16          # spectrogram frames per ResDAVEnet output step
 Head = Literal["gating", "linear", "mlp"]
+VideoNorm = Literal["none", "batchnorm"]
 
 
 class ContextGating(nn.Module):
@@ -76,7 +78,7 @@ class AVLnet(nn.Module):
     `audio_widths` make the small configurations of tests and the CPU demo."""
 
     def __init__(self, embed_dim: int = 4096, head: Head = "gating",
-                 audio_widths: tuple[int, ...] = WIDTHS):
+                 audio_widths: tuple[int, ...] = WIDTHS, video_norm: VideoNorm = "none"):
         super().__init__()
         self.embed_dim, self.head = embed_dim, head
         self.DAVEnet = ResDAVEnet(widths=tuple(audio_widths))
@@ -84,6 +86,13 @@ class AVLnet(nn.Module):
         self.GU_audio = nn.Identity() if head == "linear" else _head(head, a, a)
         self.DAVEnet_projection = nn.Linear(a, embed_dim)
         self.GU_video = _head(head, VIDEO_DIM, embed_dim)
+        # "batchnorm": standardise each input dimension (running statistics, no affine) before
+        # GU_video; not in the paper, whose pretrained backbones give well-spread features.
+        # Seeded random backbones (the offline demo) give features sharing one large common
+        # component, which the plain head learns from very slowly. "none" adds no state_dict
+        # entries, so the released checkpoints load strictly.
+        self.video_norm = (nn.BatchNorm1d(VIDEO_DIM, affine=False) if video_norm == "batchnorm"
+                           else nn.Identity())
         # None: masked (true-length) pooling in eval mode, mean over all steps in training;
         # True forces masked pooling while training (the reference's eval-mode fine-tuning)
         self.masked_pooling: bool | None = None
@@ -106,7 +115,7 @@ class AVLnet(nn.Module):
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """(B, 4096) [normalised 2D || normalised 3D] -> (B, D)."""
-        return self.GU_video(video)
+        return self.GU_video(self.video_norm(video))
 
     def forward(self, spec: torch.Tensor, nframes: torch.Tensor | None,
                 video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -116,12 +116,14 @@ class DemoParams:
     """The offline demo dataset generator (stage `demo`)."""
 
     seed: int = param(0, "RNG seed: the same seed gives the same annotations and media", ge=0)
-    n_videos: int = param(36, "number of videos generated", ge=4, le=2000)
+    n_videos: int = param(40, "number of videos generated", ge=4, le=2000)
     n_val: int = param(12, "videos in the validation split (the rest are training)", ge=1)
     n_concepts: int = param(10, "distinct audio-visual concepts used (at most 12)", ge=2, le=12)
-    min_duration_s: float = param(12.0, "shortest video, seconds", ge=4.0, le=600.0)
-    max_duration_s: float = param(28.0, "longest video, seconds", ge=4.0, le=600.0)
-    segments_per_video: int = param(4, "annotated concept segments per video", ge=1, le=20)
+    # >= 5 s: a segment (3 s at least) needs its leading gap (2 s at least, see pipeline/demo.py)
+    min_duration_s: float = param(12.0, "shortest video, seconds", ge=5.0, le=600.0)
+    max_duration_s: float = param(26.0, "longest video, seconds", ge=5.0, le=600.0)
+    segments_per_video: int = param(5, "annotated concept segments per video (at most; as many "
+                                    "as the video's length allows)", ge=1, le=20)
     frame_sizes: list[str] = param(["320x240", "480x360", "640x360"],
                                    "WIDTHxHEIGHT choices, one drawn per video")
     fps: int = param(30, "video frame rate, frames per second", ge=1, le=120)
@@ -323,6 +325,9 @@ class ModelParams:
     mms_margin: float = param(0.001, "MMS margin delta (paper: 0.001)", ge=0)
     ranking_margin: float = param(0.1, "max-margin ranking loss margin m", ge=0)
     temperature: float = param(0.1, "InfoNCE temperature", gt=0)
+    video_norm: Literal["none", "batchnorm"] = param(
+        "none", "standardise the 4096-d video input before its head (paper: none; the offline "
+        "demo's random-backbone features need batchnorm, see models/avlnet.py)")
 
     def __post_init__(self) -> None:
         if len(self.audio_widths) != 4 or min(self.audio_widths) < 1:

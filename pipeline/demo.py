@@ -29,7 +29,14 @@ ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 BG_UPDATE_HZ = 6             # background keyframes per second: it drifts slowly, so 6 Hz looks
                              # smooth and keeps numpy work per frame to a copy plus a small sprite
 SEG_MIN_S, SEG_MAX_S = 3, 8  # concept segment length, whole seconds
-GAP_MIN_S, GAP_MAX_S = 1, 3  # gap before each segment, whole seconds
+GAP_MIN_S, GAP_MAX_S = 2, 3  # gap before each segment, whole seconds (> VISIBLE_AFTER_S)
+VISIBLE_AFTER_S = 1.0        # the object stays on screen this long after its annotated end:
+                             # the reference pools a clip's 2D rows int(start)..int(end) and 3D
+                             # rows ..int(1.5 end) INCLUSIVE (avlnet.md), so the frame at `end`
+                             # and a 3D clip reaching end + 0.625 s belong to the clip. Real
+                             # footage does not cut with the narration either; an object that
+                             # vanished exactly at `end` made max-pooled clip features mostly
+                             # background (a linear concept probe fell from 0.93 to 0.42)
 SPEECH_EVERY_S = 3.0         # the name is repeated this often within a segment
 TONE_PEAK, SPEECH_PEAK = 0.3, 0.3
 SENTENCES = ("add the {}", "slice the {}", "chop the {} into small pieces",
@@ -507,7 +514,8 @@ def iter_frames(p: VideoPlan, seed: int) -> Iterator[np.ndarray]:
     hue0 = 0.85 * p.bg_tone          # not the full circle: hue stays a 1-1 cue for the noise band
     drift_phase = rng.uniform(0, 2 * np.pi, 3)
     every = max(1, round(p.fps / BG_UPDATE_HZ))
-    bounds = [(round(s.start_s * p.fps), round(s.end_s * p.fps), s) for s in p.segments]
+    bounds = [(round(s.start_s * p.fps), round((s.end_s + VISIBLE_AFTER_S) * p.fps), s)
+              for s in p.segments]
     starts = {a for a, _, _ in bounds}
     bg = None
     cache: dict = {}

@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from pipeline.cluster import connect, follow
 from pipeline.config import ClusterParams, DownloadParams, to_dict
-from pipeline.fetch import Fetcher, backoff, check_id, file_ok, new_attempt_id, thread_fetcher
+from pipeline.fetch import (Fetcher, backoff, check_id, file_ok, new_attempt_id, source_unchanged,
+                            thread_fetcher)
 from pipeline.ledger import (AVAILABLE, NEEDS_AUTH, PENDING, TRANSIENT, Journal,
                              current_status, now, read_attempts, read_journal, seal_journal,
                              seal_leftovers, write_availability)
@@ -130,13 +131,19 @@ def run_shard(job: ShardJob) -> dict:
                 continue
             check_id(video_id)
             if prev is not None:
-                if file_ok(root, prev, job.params.verify):
+                source = fetcher.source_file(url)
+                fresh = source_unchanged(source, prev, job.params.verify)
+                if fresh and file_ok(root, prev, job.params.verify):
                     counts["reason:verified"] += 1
                     ctl.emit(video_id=video_id, status=AVAILABLE, reason="verified", kind=None)
                     continue
                 # changed or gone: remove it, or yt-dlp would take it as already downloaded
-                log.warning("%s: %s is missing or changed since it was downloaded; fetching it "
-                            "again", video_id, prev["path"])
+                if fresh:
+                    log.warning("%s: %s is missing or changed since it was downloaded; fetching "
+                                "it again", video_id, prev["path"])
+                else:
+                    log.warning("%s: its source %s changed since it was downloaded; fetching it "
+                                "again", video_id, source)
                 (root / prev["path"]).unlink(missing_ok=True)
             videos_dir.mkdir(parents=True, exist_ok=True)
             free = shutil.disk_usage(videos_dir).free

@@ -42,9 +42,16 @@ def check_id(video_id: str) -> str:
 def resolve_url(url: str, file_root: Path | None, cwd: Path) -> str:
     """http(s) URLs as they are; file: URLs (absolute, or project-relative `file:data/...`) as an
     absolute file:// URL, only when the file lies under `file_root`. Anything else raises."""
+    path = local_path(url, file_root, cwd)
+    return url if path is None else path.as_uri()
+
+
+def local_path(url: str, file_root: Path | None, cwd: Path) -> Path | None:
+    """None for http(s) URLs; the resolved file a file: URL names, only when it lies under
+    `file_root`. Any other URL raises UrlRejected."""
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme in ("http", "https"):
-        return url
+        return None
     if scheme != "file":
         raise UrlRejected(f"refusing URL {url!r}: only http(s) URLs are fetched "
                           "(and file: URLs under download.file_root)")
@@ -62,7 +69,7 @@ def resolve_url(url: str, file_root: Path | None, cwd: Path) -> str:
     root = (file_root if file_root.is_absolute() else cwd / file_root).resolve()
     if not path.is_relative_to(root):
         raise UrlRejected(f"refusing URL {url!r}: {path} is outside download.file_root {root}")
-    return path.as_uri()
+    return path
 
 
 class _YdlLog:
@@ -136,6 +143,16 @@ class Fetcher:
             self._ydls[files] = ydl
         return self._ydls[files]
 
+    def source_file(self, url: str) -> Path | None:
+        """The local file a file: URL names; None for http(s) or a URL attempt() would refuse."""
+        try:
+            return local_path(url, self._file_root(), self.root)
+        except UrlRejected:
+            return None
+
+    def _file_root(self) -> Path | None:
+        return Path(self.params.file_root) if self.params.file_root else None
+
     def _pace(self) -> None:
         wait = self._last_start + self.pace_s - time.monotonic()
         if wait > 0:
@@ -148,8 +165,7 @@ class Fetcher:
         Per-item failures become an outcome; KeyboardInterrupt and our own bugs propagate."""
         check_id(video_id)
         try:
-            target = resolve_url(url, Path(self.params.file_root) if self.params.file_root
-                                 else None, self.root)
+            target = resolve_url(url, self._file_root(), self.root)
         except UrlRejected as e:
             return _failure(Outcome(TRANSIENT, "url_rejected", "configuration", str(e),
                                     "UrlRejected", None))
@@ -190,17 +206,29 @@ def _failure(o: Outcome) -> dict:
             "has_audio": None, "format_id": None}
 
 
-def file_ok(root: Path, row: dict, verify: str) -> bool:
-    """An available video's file is still there and unchanged (size, and sha256 if asked)."""
-    if not row.get("path"):
-        return False
-    path = root / row["path"]
+def matches(path: Path, row: dict, verify: str) -> bool | None:
+    """Whether the file at `path` is the one `row` recorded (size, and sha256 if asked);
+    None when there is no such file."""
     try:
         if path.stat().st_size != row["filesize"]:
             return False
     except OSError:
-        return False
+        return None
     return verify == "size" or sha256_file(path) == row["sha256"]
+
+
+def source_unchanged(source: Path | None, row: dict, verify: str) -> bool:
+    """False when `source`, the local file a file: URL names, exists and differs from what was
+    downloaded from it (size, and sha256 if asked): yt-dlp copies such a file byte for byte, so
+    a difference means the source was rewritten (the demo regenerated with other params) and the
+    downloaded copy, and any features made from it, are stale. None (an http(s) URL) or a source
+    that is gone: True, the copy stands, as a video deleted from YouTube keeps its copy."""
+    return source is None or matches(source, row, verify) is not False
+
+
+def file_ok(root: Path, row: dict, verify: str) -> bool:
+    """An available video's file is still there and unchanged (size, and sha256 if asked)."""
+    return bool(row.get("path")) and bool(matches(root / row["path"], row, verify))
 
 
 def backoff(p: DownloadParams, k: int, rng: random.Random) -> float:

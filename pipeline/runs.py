@@ -51,7 +51,7 @@ def pretrain(dataset: str, features: Path, manifest_dir: Path, out: Path, p: Tra
         raise TrainError(f"{len(ids)} usable {dataset} videos cannot fill one batch of "
                          f"train.videos_per_batch = {p.videos_per_batch}")
     prov = provenance(dataset, split, store, manifest_dir, videos=len(ids),
-                      videos_missing=len(listed) - len(ids))
+                      videos_missing=len(listed) - len(ids), features_sha256=store.digest(ids))
     ds = PretrainVideos(store, ids, p.clips_per_video, p.seed, window_frames=100 * p.window_s)
     summary = train(out, ds, collate_videos, p, items_per_batch=p.videos_per_batch,
                     epochs=p.epochs, lr=p.lr, lr_decay=p.lr_decay, provenance=prov,
@@ -82,7 +82,8 @@ def finetune(dataset: str, features: Path, manifest_dir: Path, init: Path | None
                     dataset, len(ds), p.batch, batch)
     prov = provenance(dataset, split, store, manifest_dir, clips=len(ds),
                       clips_missing=len(ds.missing), init=str(init) if init else None,
-                      bn_mode=p.bn_mode)
+                      bn_mode=p.bn_mode,
+                      features_sha256=store.digest({c.video_id for c in ds.clips}))
     # no per-epoch decay when fine-tuning (avlnet.md); the model config is pretraining's
     tp = dataclasses.replace(tp, seed=tp.seed + 1)
     summary = train(out, ds, collate_clips, tp, items_per_batch=batch, epochs=p.epochs,

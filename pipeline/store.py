@@ -324,6 +324,15 @@ class FeatureStore:
         """Video ids whose status is in `statuses`, sorted."""
         return sorted(v for v, r in self._rows.items() if r["status"] in statuses)
 
+    def digest(self, video_ids: Iterable[str]) -> str:
+        """sha256 naming the features of `video_ids`: each one's source media hash, recipe hash
+        and row counts. A model trained on these videos is stale once this changes (a video
+        downloaded again, extracted with another recipe), even when the ids are the same."""
+        keys = ("video_id", "status", "source_sha256", "recipe_sha256", "n_resnet152",
+                "n_resnext101", "n_logmel")
+        rows = [[self.info(v)[k] for k in keys] for v in sorted(video_ids)]
+        return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
     def info(self, video_id: str) -> dict:
         """The video's index row (status, row counts, durations, ...)."""
         try:

@@ -38,7 +38,7 @@ class TrainError(RuntimeError):
 
 
 def build_model(m: ModelParams) -> AVLnet:
-    return AVLnet(m.embed_dim, m.head, tuple(m.audio_widths))
+    return AVLnet(m.embed_dim, m.head, tuple(m.audio_widths), m.video_norm)
 
 
 def build_loss(m: ModelParams) -> nn.Module:
@@ -154,7 +154,11 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
                "items_per_batch": items_per_batch, "lr": lr, "lr_decay": lr_decay,
                "bn_frozen": bn_frozen,
                "init_sha256": sha256_file(init_from) if init_from is not None else None,
-               "dataset_items": len(dataset)}
+               "dataset_items": len(dataset),
+               # what the data is, not only how much: a run on changed features starts over
+               "data": {k: (provenance or {}).get(k) for k in ("dataset", "split",
+                                                               "split_checksum",
+                                                               "features_sha256")}}
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=d.device, weights_only=False)
         if state.get("run_key") != run_key:
@@ -194,7 +198,7 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
     ran = 0
     bar = tqdm(total=epochs * n_batches, initial=epoch * n_batches + step_in_epoch,
                desc=run_dir.name, unit="step", disable=not d.main)
-    last: dict[str, Any] = {}
+    last: dict[str, Any] = _last_logged(run_dir / "log.jsonl") if global_step else {}
 
     def checkpoint(e: int, s: int) -> None:
         if d.main:
@@ -273,6 +277,19 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
                                                 "provenance": provenance or {},
                                                 "global_step": global_step})
     return {"steps": global_step, "epochs": epochs, **last}
+
+
+def _last_logged(log_path: Path) -> dict[str, Any]:
+    """The last complete line of log.jsonl ({} without one): a resumed run that has nothing
+    left to do still reports its last loss."""
+    if not log_path.is_file():
+        return {}
+    for line in reversed(log_path.read_text().splitlines()):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            continue     # a line torn by a kill
+    return {}
 
 
 def _autocast(precision: str, device: torch.device) -> torch.dtype | None:

@@ -95,6 +95,31 @@ def test_video_input_is_two_unit_streams():
     assert torch.allclose(x.norm(dim=1), torch.full((3,), math.sqrt(2)), atol=1e-5)
 
 
+def test_video_norm_standardises_and_is_opt_in():
+    """'batchnorm' (the demo's random-backbone features) learns per-dimension statistics in
+    training and applies them frozen in evaluation; 'none' (the paper) adds no state."""
+    plain = AVLnet(32, audio_widths=(8, 8, 16, 16))
+    assert not any(k.startswith("video_norm") for k in plain.state_dict())
+    torch.manual_seed(0)
+    m = AVLnet(32, audio_widths=(8, 8, 16, 16), video_norm="batchnorm")
+    assert {k for k in m.state_dict() if k.startswith("video_norm")} == {
+        "video_norm.running_mean", "video_norm.running_var", "video_norm.num_batches_tracked"}
+    # features like a random backbone's: a large shared component, small differences
+    x = video_input(1 + 0.01 * torch.randn(64, 2048), 1 + 0.01 * torch.randn(64, 2048))
+    m.video_norm.momentum = None                 # cumulative average: exact after one batch
+    m.train()(torch.randn(64, 40, 64), None, x)
+    z = m.video_norm.eval()(x)
+    assert torch.allclose(z, (x - x.mean(0)) / torch.sqrt(x.var(0) + 1e-5), atol=1e-4)
+    assert z.mean(0).abs().max() < 1e-4 and z.std(0).min() > 10 * x.std(0).max()
+    m.eval()
+    with torch.no_grad():                        # evaluation: no statistics change
+        before = m.video_norm.running_mean.clone()
+        m(torch.randn(4, 40, 64), None, x[:4] + 5)
+    assert torch.equal(before, m.video_norm.running_mean)
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        plain.load_state_dict(m.state_dict())
+
+
 @pytest.mark.parametrize("head", ["gating", "linear", "mlp"])
 def test_heads_give_embeddings(head):
     m = AVLnet(32, head=head).eval()

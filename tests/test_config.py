@@ -46,7 +46,7 @@ def _load(tmp_path, data):
     ({"demo": {"noise_level": 2}}, "demo.noise_level", "<= 1.0"),
     ({"demo": {"min_duration_s": 30, "max_duration_s": 20}}, "demo.min_duration_s", "<="),
     ({"demo": {"frame_sizes": ["320x241"]}}, "demo.frame_sizes[0]", "WIDTHxHEIGHT"),
-    ({"demo": {"n_val": 36}}, "demo.n_val", "< n_videos"),
+    ({"demo": {"n_val": 40}}, "demo.n_val", "< n_videos"),
     ({"datasets": ["demo", "kinetics"]}, "datasets[1]", "one of"),
     ({"datasets": ["demo", "demo"]}, "datasets", "twice"),
     ({"datasets": "demo"}, "datasets", "expected a list"),

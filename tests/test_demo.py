@@ -14,9 +14,9 @@ from pipeline.config import DemoParams
 from pipeline.datasets.youcook2 import parse_file
 from pipeline.manifest import validate
 
-# 4 small videos of 8-10 s, so each holds 2 segments; fps 25 and odd sizes catch hard-coding
-TINY = dataclasses.replace(DemoParams(), n_videos=4, n_val=1, min_duration_s=8.0,
-                           max_duration_s=10.0, segments_per_video=2, n_concepts=12,
+# 4 small videos of 10-12 s, so each holds 2 segments; fps 25 and odd sizes catch hard-coding
+TINY = dataclasses.replace(DemoParams(), n_videos=4, n_val=1, min_duration_s=10.0,
+                           max_duration_s=12.0, segments_per_video=2, n_concepts=12,
                            frame_sizes=["192x144", "256x144"], fps=25)
 SR = 16000  # Hz: decode audio as the extraction stage does
 
@@ -88,9 +88,11 @@ def test_annotations_parse_and_validate(tiny):
     for entry in db.values():
         segs = [a["segment"] for a in entry["annotations"]]
         assert segs == sorted(segs)
-        for (a, b), nxt in zip(segs, segs[1:] + [[entry["duration"], None]]):
+        for (a, b), nxt in zip(segs, segs[1:] + [[None, None]]):
             assert isinstance(a, int) and isinstance(b, int)
-            assert 3 <= b - a <= 8 and b < nxt[0] and b <= entry["duration"]
+            assert 3 <= b - a <= 8 and b <= entry["duration"]
+            # the object lingers after b (demo.VISIBLE_AFTER_S), then >= 1 s of background
+            assert nxt[0] is None or b + demo.VISIBLE_AFTER_S + 1 <= nxt[0]
         for ann in entry["annotations"]:
             assert ann["concept"] in ann["sentence"] and ann["concept"] in demo.CONCEPT_BY_NAME
 
@@ -105,7 +107,7 @@ def test_deterministic_bytes(tiny, tmp_path):
 
 
 def test_different_seed_differs(tmp_path):
-    other = dataclasses.replace(TINY, seed=7, min_duration_s=4.0, max_duration_s=5.0,
+    other = dataclasses.replace(TINY, seed=7, min_duration_s=5.0, max_duration_s=6.0,
                                 speech=False)
     a = demo.generate(other, tmp_path / "a", "data/demo")
     b = demo.generate(dataclasses.replace(other, seed=8), tmp_path / "b", "data/demo")
@@ -126,26 +128,40 @@ def _segments(tiny):
         yield out / "videos" / f"{vid}.mp4", p
 
 
+def _object_colour(frame: np.ndarray, background: np.ndarray, p) -> str:
+    """The concept whose colour the pixels that differ between the frames have; asserts that
+    they cover about the object's area."""
+    changed = np.abs(frame - background).sum(-1) > 50
+    disc = np.pi * (p.height / 6) ** 2        # the object is ~ a third of the height
+    assert 0.1 * disc < changed.sum() < 2.0 * disc, (p.video_id, changed.sum(), disc)
+    # inner pixels only: x264's halved chroma blends the edges with the background
+    inner = changed.copy()
+    for ax, k in ((0, 1), (0, -1), (1, 1), (1, -1)):
+        inner &= np.roll(changed, k, axis=ax)
+    colour = np.median(frame[inner], axis=0)   # the pattern shade covers < a third
+    dist = {c.name: np.linalg.norm(colour - np.array(c.rgb, float)) for c in demo.CONCEPTS}
+    return min(dist, key=dist.get)
+
+
 def test_visual_signature(tiny):
-    """Pixels that change when a segment starts have the concept's colour, none change in gaps."""
-    colours = {c.name: np.array(c.rgb, float) for c in demo.CONCEPTS}
+    """The object appears at the segment's start in the concept's colour, stays on screen until
+    VISIBLE_AFTER_S after its end, and nothing else changes in the gaps."""
+    shown = 0
     for path, p in _segments(tiny):
         for s in p.segments:
-            # 0.2 s apart: the background hardly drifts, so what changed is the object
+            # 0.2-0.3 s apart: the background hardly drifts, so what changed is the object
             before = _frame(path, s.start_s - 0.1, p.width, p.height)
             during = _frame(path, s.start_s + 0.1, p.width, p.height)
-            changed = np.abs(during - before).sum(-1) > 50
-            disc = np.pi * (p.height / 6) ** 2        # the object is ~ a third of the height
-            assert 0.1 * disc < changed.sum() < 2.0 * disc, (p.video_id, s, changed.sum(), disc)
-            # inner pixels only: x264's halved chroma blends the edges with the background
-            inner = changed.copy()
-            for ax, k in ((0, 1), (0, -1), (1, 1), (1, -1)):
-                inner &= np.roll(changed, k, axis=ax)
-            colour = np.median(during[inner], axis=0)   # the pattern shade covers < a third
-            dist = {n: np.linalg.norm(colour - c) for n, c in colours.items()}
-            assert min(dist, key=dist.get) == s.concept, (p.video_id, s.concept, colour, dist)
+            assert _object_colour(during, before, p) == s.concept, (p.video_id, s)
             gap = _frame(path, s.start_s - 0.5, p.width, p.height)
             assert (np.abs(before - gap).sum(-1) > 50).mean() < 0.01
+            gone_at = s.end_s + demo.VISIBLE_AFTER_S
+            if gone_at + 0.1 < p.duration_s:
+                lingering = _frame(path, gone_at - 0.2, p.width, p.height)
+                after = _frame(path, gone_at + 0.1, p.width, p.height)
+                assert _object_colour(lingering, after, p) == s.concept, (p.video_id, s)
+                shown += 1
+    assert shown >= 4
 
 
 def test_audio_signature(tiny):

@@ -156,6 +156,36 @@ def test_changed_or_deleted_files_are_fetched_again(tmp_path, slow_server, media
         assert rows[vid]["sha256"] == rows[IDS[2]]["sha256"]
 
 
+def test_rewritten_local_source_is_fetched_again(tmp_path, media):
+    """A file: source rewritten after its download (the demo regenerated with other params)
+    makes its copy stale: the next run fetches it again, so extraction sees the new bytes."""
+    proj = _project(tmp_path, "file:src", verify="sha256", file_root="src")
+    (proj / "src" / "v").mkdir(parents=True)
+    for vid in IDS:
+        (proj / "src" / "v" / f"{vid}.mp4").write_bytes(media)
+    assert subprocess.run(_cmd(), cwd=proj, env=_env(), capture_output=True).returncode == 0
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=5",
+                    "-f", "lavfi", "-i", "sine=frequency=880", "-t", "1", "-c:v", "libx264",
+                    "-c:a", "aac", "-shortest", str(tmp_path / "other.mp4")], check=True)
+    other = (tmp_path / "other.mp4").read_bytes()
+    assert other != media
+    (proj / "src" / "v" / f"{IDS[0]}.mp4").write_bytes(other)
+    (proj / "src" / "v" / f"{IDS[1]}.mp4").unlink()   # gone at the source: the copy stands
+    p = subprocess.run(_cmd(), cwd=proj, env=_env(), capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert f"{IDS[0]}: its source" in p.stderr and "changed since it was downloaded" in p.stderr
+    per_video: dict[str, int] = {}
+    for a in read_attempts(proj / "l").to_pylist():
+        per_video[a["video_id"]] = per_video.get(a["video_id"], 0) + 1
+    assert per_video[IDS[0]] == 2 and all(per_video[v] == 1 for v in IDS[1:])
+    rows = {r["video_id"]: r for r in
+            read_availability(proj / "m" / "availability.parquet").to_pylist()}
+    assert (proj / rows[IDS[0]]["path"]).read_bytes() == other
+    assert rows[IDS[0]]["sha256"] != rows[IDS[2]]["sha256"]
+    assert rows[IDS[1]]["status"] == "available"
+    assert (proj / rows[IDS[1]]["path"]).read_bytes() == media
+
+
 def test_disk_floor_stops_cleanly_and_keeps_videos_pending(tmp_path, slow_server):
     base, hits = slow_server
     proj = _project(tmp_path, base)

@@ -21,7 +21,7 @@ TINY_TRAIN = {"videos_per_batch": 2, "clips_per_video": 2, "epochs": 2, "workers
               "window_s": 4,
               "model": {"embed_dim": 16, "head": "gating", "audio_widths": [8, 8, 16, 16],
                         "loss": "mms", "mms_margin": 0.001, "ranking_margin": 0.1,
-                        "temperature": 0.1}}
+                        "temperature": 0.1, "video_norm": "batchnorm"}}
 TINY_FINETUNE = {"batch": 2, "epochs": 1}
 TINY_DEMO = {"n_videos": 4, "n_val": 1, "n_concepts": 3, "min_duration_s": 5.0,
              "max_duration_s": 6.0, "segments_per_video": 1,

@@ -102,6 +102,44 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     assert out["steps"] == 4
 
 
+def test_finished_run_on_changed_features_starts_over(tmp_path):
+    """Same settings and as many items, other features (a video re-downloaded, say): the
+    finished run in the folder must not pass for a model of the new data."""
+    data = Separable(n=16)
+    kw = dict(items_per_batch=8, epochs=1, lr=1e-3, lr_decay=1.0)
+    first = train(tmp_path / "r", data, collate, TINY, provenance={"features_sha256": "a"}, **kw)
+    again = train(tmp_path / "r", data, collate, TINY, provenance={"features_sha256": "a"}, **kw)
+    assert again["steps"] == first["steps"] == 2 and again["loss"] == first["loss"]
+    log_lines = (tmp_path / "r" / "log.jsonl").read_text().splitlines()
+    with pytest.raises(TrainError, match="data differ"):
+        train(tmp_path / "r", data, collate, TINY, provenance={"features_sha256": "b"}, **kw)
+    train(tmp_path / "r", Separable(n=16, seed=5), collate, TINY,
+          provenance={"features_sha256": "b"}, restart_on_change=True, **kw)
+    state = torch.load(tmp_path / "r" / "final.pt", weights_only=False)
+    assert state["provenance"]["features_sha256"] == "b"
+    new_lines = (tmp_path / "r" / "log.jsonl").read_text().splitlines()
+    assert len(new_lines) == len(log_lines) == 2 and new_lines != log_lines   # trained anew
+
+
+def test_store_digest_names_the_features(tmp_path):
+    def make(d, source):
+        w = ShardWriter(d / "shard-00000.h5", {"dtype": "float16"})
+        for vid in ("videoaaaaaa", "videobbbbbb"):
+            arrays = {"resnet152": np.zeros((3, 2048), np.float16),
+                      "resnext101": np.zeros((4, 2048), np.float16),
+                      "logmel": np.zeros((40, 300), np.float16)}
+            w.add(VideoRecord(vid, "ok", {"source_sha256": source + vid}, arrays))
+        write_index(w.close(), d / "index.parquet")
+        return FeatureStore(d)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = make(tmp_path / "a", "x"), make(tmp_path / "b", "y")
+    both = ["videobbbbbb", "videoaaaaaa"]
+    assert a.digest(both) == a.digest(reversed(both)) == make(tmp_path / "a", "x").digest(both)
+    assert a.digest(both) != b.digest(both)              # same ids and shapes, other media
+    assert a.digest(both) != a.digest(["videoaaaaaa"])
+
+
 # --------------------------------------------------------------------------- data from a store
 
 
