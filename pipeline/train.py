@@ -177,6 +177,8 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
         epoch, step_in_epoch, global_step = (state["epoch"], state["step_in_epoch"],
                                              state["global_step"])
         _set_rng_state(state["rng"])
+        if d.main:
+            _trim_log(run_dir / "log.jsonl", global_step)
         log.info("resuming %s at epoch %d step %d", run_dir, epoch, step_in_epoch)
     elif init_from is not None:
         state = torch.load(init_from, map_location=d.device, weights_only=False)
@@ -277,6 +279,24 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
                                                 "provenance": provenance or {},
                                                 "global_step": global_step})
     return {"steps": global_step, "epochs": epochs, **last}
+
+
+def _trim_log(log_path: Path, global_step: int) -> None:
+    """Keeps the log.jsonl lines of the steps the checkpoint holds (atomically): the steps
+    logged after it are run and logged again, and a line torn by a kill is dropped."""
+    if not log_path.is_file():
+        return
+    keep = []
+    for line in log_path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("step", 0) <= global_step:
+            keep.append(line + "\n")
+    tmp = log_path.with_name(log_path.name + ".tmp")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, log_path)
 
 
 def _last_logged(log_path: Path) -> dict[str, Any]:

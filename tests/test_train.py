@@ -77,7 +77,15 @@ def test_resume_mid_epoch_gives_the_same_parameters(tmp_path):
     out = train(tmp_path / "cut", data, collate, TINY, stop_after_steps=3, **kw)
     assert out["stopped_at"] == 3                          # mid-epoch (5 steps per epoch)
     assert torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=False)["step_in_epoch"] == 3
+    # as a kill leaves it: a step logged after the checkpoint, then a torn line
+    with open(tmp_path / "cut" / "log.jsonl", "a") as f:
+        f.write('{"epoch": 0, "step": 4, "loss": 9.0}\n{"epoch": 0, "st')
     train(tmp_path / "cut", data, collate, TINY, **kw)     # resumes from the checkpoint
+    rows = [json.loads(x) for x in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    whole_rows = [json.loads(x) for x in
+                  (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 11))
+    assert [r["loss"] for r in rows] == [r["loss"] for r in whole_rows]
     a = torch.load(tmp_path / "whole" / "final.pt")["model"]
     b = torch.load(tmp_path / "cut" / "final.pt")["model"]
     assert a.keys() == b.keys()
@@ -246,6 +254,8 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     b = torch.load(cut / "final.pt")["model"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    steps = [json.loads(x)["step"] for x in log.read_text().splitlines()]
+    assert steps == [json.loads(x)["step"] for x in (whole / "log.jsonl").read_text().splitlines()]
 
 
 def test_torchrun_ddp_on_cpu(tmp_path):
