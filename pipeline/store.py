@@ -325,11 +325,13 @@ class FeatureStore:
         return sorted(v for v, r in self._rows.items() if r["status"] in statuses)
 
     def digest(self, video_ids: Iterable[str]) -> str:
-        """sha256 naming the features of `video_ids`: each one's source media hash, recipe hash
-        and row counts. A model trained on these videos is stale once this changes (a video
-        downloaded again, extracted with another recipe), even when the ids are the same."""
+        """sha256 naming the features of `video_ids`: each one's source media hash, recipe hash,
+        row counts and place in the store (shard, row). A model trained on these videos is
+        stale once this changes (a video downloaded again, extracted again or with another
+        recipe), even when the ids are the same. Shards are never rewritten in place, so a
+        re-extracted video always lands in a new shard."""
         keys = ("video_id", "status", "source_sha256", "recipe_sha256", "n_resnet152",
-                "n_resnext101", "n_logmel")
+                "n_resnext101", "n_logmel", "shard", "row")
         rows = [[self.info(v)[k] for k in keys] for v in sorted(video_ids)]
         return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 

@@ -146,6 +146,15 @@ def test_store_digest_names_the_features(tmp_path):
     assert a.digest(both) == a.digest(reversed(both)) == make(tmp_path / "a", "x").digest(both)
     assert a.digest(both) != b.digest(both)              # same ids and shapes, other media
     assert a.digest(both) != a.digest(["videoaaaaaa"])
+    w = ShardWriter(tmp_path / "a" / "shard-00001.h5", {"dtype": "float16"})   # re-extracted
+    w.add(VideoRecord("videobbbbbb", "ok", {"source_sha256": "xvideobbbbbb"},
+                      {"resnet152": np.zeros((3, 2048), np.float16),
+                       "resnext101": np.zeros((4, 2048), np.float16),
+                       "logmel": np.zeros((40, 300), np.float16)}))
+    rows = {r["video_id"]: r for r in a.index.to_pylist()}
+    rows.update({r["video_id"]: r for r in w.close()})
+    write_index(rows.values(), tmp_path / "a" / "index.parquet")
+    assert FeatureStore(tmp_path / "a").digest(both) != a.digest(both)
 
 
 # --------------------------------------------------------------------------- data from a store
