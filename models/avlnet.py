@@ -2,8 +2,9 @@
 
 avlnet.md "AVLnet heads": no BatchNorm and no L2 normalisation in the heads; similarity is the
 plain dot product A @ V.T. (`video_norm="batchnorm"`, off by default, standardises the video
-input for the offline demo's random-backbone features.) State_dict names follow the released checkpoints (`DAVEnet.*`,
-`DAVEnet_projection.*`, `GU_audio.*`, `GU_video.*`), so `AVLnet_release.pth` loads strictly.
+input for the offline demo's random-backbone features.) State_dict names follow the released
+checkpoints (`DAVEnet.*`, `DAVEnet_projection.*`, `GU_audio.*`, `GU_video.*`), so
+`AVLnet_release.pth` loads strictly.
 The head is configuration (the paper's Table 3): `gating` (default), `linear`, `mlp`."""
 from __future__ import annotations
 
