@@ -200,7 +200,8 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
     ran = 0
     bar = tqdm(total=epochs * n_batches, initial=epoch * n_batches + step_in_epoch,
                desc=run_dir.name, unit="step", disable=not d.main)
-    last: dict[str, Any] = _last_logged(run_dir / "log.jsonl") if global_step else {}
+    # a resumed run with nothing left to do still reports its last loss
+    last: dict[str, Any] = (read_log(run_dir / "log.jsonl") or [{}])[-1] if global_step else {}
 
     def checkpoint(e: int, s: int) -> None:
         if d.main:
@@ -281,35 +282,27 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
     return {"steps": global_step, "epochs": epochs, **last}
 
 
+def read_log(log_path: Path) -> list[dict[str, Any]]:
+    """The complete lines of log.jsonl, parsed ([] without the file); a line torn by a kill is
+    skipped."""
+    if not log_path.is_file():
+        return []
+    rows = []
+    for line in log_path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 def _trim_log(log_path: Path, global_step: int) -> None:
     """Keeps the log.jsonl lines of the steps the checkpoint holds (atomically): the steps
     logged after it are run and logged again, and a line torn by a kill is dropped."""
-    if not log_path.is_file():
-        return
-    keep = []
-    for line in log_path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get("step", 0) <= global_step:
-            keep.append(line + "\n")
+    keep = [json.dumps(r) + "\n" for r in read_log(log_path) if r.get("step", 0) <= global_step]
     tmp = log_path.with_name(log_path.name + ".tmp")
     tmp.write_text("".join(keep))
     os.replace(tmp, log_path)
-
-
-def _last_logged(log_path: Path) -> dict[str, Any]:
-    """The last complete line of log.jsonl ({} without one): a resumed run that has nothing
-    left to do still reports its last loss."""
-    if not log_path.is_file():
-        return {}
-    for line in reversed(log_path.read_text().splitlines()):
-        try:
-            return json.loads(line)
-        except json.JSONDecodeError:
-            continue     # a line torn by a kill
-    return {}
 
 
 def _autocast(precision: str, device: torch.device) -> torch.dtype | None:
@@ -323,7 +316,7 @@ def plot_loss(log_path: Path, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rows = read_log(log_path)
     if not rows:
         return
     steps, losses = [r["step"] for r in rows], [r["loss"] for r in rows]

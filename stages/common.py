@@ -1,9 +1,11 @@
 """Shared stage plumbing: one logging set-up, and configuration errors as clean exits."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 from pipeline.config import ParamsError
@@ -35,3 +37,23 @@ def run(stage: str, body: Callable[[], int],
     except USER_ERRORS + user_errors as e:
         log.error("%s failed: %s", stage, e)
         return 2
+
+
+def clip_stage_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """The arguments the per-dataset clip stages (finetune@, evaluate@) share: --dataset,
+    --params, --features, --manifest; parse with parse_clip_stage for the defaults."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("--dataset", required=True, choices=["demo", "youcook2", "msrvtt",
+                                                         "crosstask"])
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--features", type=Path, help="default data/features/<ds>")
+    ap.add_argument("--manifest", type=Path, help="default manifests/<ds>")
+    return ap
+
+
+def parse_clip_stage(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parses, filling --features and --manifest from --dataset when not given."""
+    args = ap.parse_args(argv)
+    args.features = args.features or Path("data/features", args.dataset)
+    args.manifest = args.manifest or Path("manifests", args.dataset)
+    return args

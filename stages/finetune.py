@@ -1,7 +1,6 @@
 """Stage finetune@<ds>: fine-tune the pretrained AVLnet on a dataset's annotated train clips."""
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -9,29 +8,23 @@ from pipeline.config import load_params
 from pipeline.runs import finetune
 from pipeline.store import StoreError
 from pipeline.train import TrainError
-from stages.common import run
+from stages.common import clip_stage_parser, parse_clip_stage, run
 
 log = logging.getLogger("stages.finetune")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m stages.finetune", description=__doc__)
-    ap.add_argument("--dataset", required=True, choices=["demo", "youcook2", "msrvtt",
-                                                         "crosstask"])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--features", type=Path, help="default data/features/<ds>")
-    ap.add_argument("--manifest", type=Path, help="default manifests/<ds>")
+    ap = clip_stage_parser("python -m stages.finetune", __doc__)
     ap.add_argument("--init", type=Path, default=Path("data/models/pretrain/final.pt"),
                     help="pretrained model (ignored with finetune.init: none)")
     ap.add_argument("--out", type=Path, help="default data/models/finetune-<ds>")
-    args = ap.parse_args(argv)
+    args = parse_clip_stage(ap, argv)
     ds = args.dataset
 
     def body() -> int:
         params = load_params(args.params)
         p = params.finetune
-        s = finetune(ds, args.features or Path("data/features", ds),
-                     args.manifest or Path("manifests", ds),
+        s = finetune(ds, args.features, args.manifest,
                      args.init if p.init == "pretrained" else None,
                      args.out or Path("data/models", f"finetune-{ds}"), params.train, p)
         log.info("%s: %d steps, last loss %.4f", ds, s["steps"], s.get("loss", float("nan")))
