@@ -265,6 +265,8 @@ class DownloadParams:
     max_transient_fraction: float = param(0.5, "fail the stage when more than this fraction "
                                                "of tried videos ends in a transient failure",
                                           ge=0, le=1)
+    lock_wait_s: float = param(0.0, "when another run writes this dataset's ledger: wait up to "
+                                    "this long for it, seconds, then stop naming it", ge=0)
 
     def __post_init__(self) -> None:
         if self.max_sleep_interval_s and self.max_sleep_interval_s < self.sleep_interval_s:
@@ -310,6 +312,20 @@ class ExtractParams:
     max_failure_fraction: float = param(0.2, "fail the stage when more than this fraction of "
                                              "downloaded videos ends in decode_error, "
                                              "probe_error or truncated", ge=0, le=1)
+    verify: Literal["sha256", "size"] = param("sha256", "how each run checks the finished shards "
+                                                        "before trusting them: full sha256 "
+                                                        "against the recorded one, or size only "
+                                                        "(fast, for very large stores)")
+    min_free_gb: float = param(2.0, "stop cleanly, before and during extraction, when free "
+                                    "space under the store falls below this, GB", ge=0)
+    max_av_mismatch_s: float = param(2.0, "flag av_length_mismatch when the decoded video and "
+                                          "audio lengths differ by more than this, seconds",
+                                     gt=0)
+    allow_empty: bool = param(False, "succeed when the ledger has no downloaded video to "
+                                     "extract (false: that is an error, usually a failed "
+                                     "download)")
+    lock_wait_s: float = param(0.0, "when another run writes this store: wait up to this long "
+                                    "for it, seconds, then stop naming it", ge=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -355,6 +371,10 @@ class TrainParams:
     checkpoint_every: int = param(200, "steps between checkpoints (also at every epoch end)",
                                   ge=1)
     device: Literal["auto", "cpu", "cuda"] = param("auto", "CUDA when present, else the CPU")
+    verify: Literal["sha256", "size"] = param("sha256", "how training (and fine-tuning) checks "
+                                                        "the feature shards before reading them")
+    min_free_gb: float = param(2.0, "stop cleanly before a checkpoint would take the free space "
+                                    "under the run folder below this, GB", ge=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,6 +410,8 @@ class EvaluateParams:
     batch: int = param(64, "clips embedded per forward", ge=1)
     examples: int = param(5, "queries shown in the qualitative page", ge=0)
     device: Literal["auto", "cpu", "cuda"] = param("auto", "CUDA when present, else the CPU")
+    allow_missing: bool = param(False, "skip a setting whose checkpoint is missing with a "
+                                       "warning (false: that is an error)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.manifest import write_parquet_atomic
+from pipeline.safety import UserError, check_safe_id, resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +237,41 @@ def write_availability(table: pa.Table, path: Path) -> None:
     write_parquet_atomic(table, path)
 
 
-def read_availability(path: Path) -> pa.Table:
-    """Reads manifests/<ds>/availability.parquet, checking it has the ledger schema."""
-    t = pq.read_table(path)
+class LedgerError(UserError):
+    """A ledger file (availability.parquet, an attempts file) that cannot be trusted."""
+
+
+def read_availability(path: Path, root: Path | None = None,
+                      videos_dir: Path | None = None) -> pa.Table:
+    """Reads manifests/<ds>/availability.parquet, checking the ledger schema and that every
+    video_id is path-safe; with `root` and `videos_dir` (relative to root) also that every
+    `path` stays inside videos_dir. LedgerError (one line naming the file) otherwise."""
+    path = Path(path)
+    fix = "re-run the download stage to rebuild it (it resumes from data/ledger/)"
+    try:
+        t = pq.read_table(path)
+    except FileNotFoundError:
+        raise LedgerError(f"{path}: not found; run the download stage for this dataset first") \
+            from None
+    except (pa.ArrowException, OSError) as e:
+        raise LedgerError(f"{path}: unreadable availability ledger "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); {fix}") from None
     missing = [f.name for f in AVAILABILITY_SCHEMA if f.name not in t.column_names]
     if missing:
-        raise ValueError(f"{path}: not an availability ledger (missing columns {missing}); "
-                         "re-run the download stage to rebuild it")
-    return t.select(AVAILABILITY_SCHEMA.names).cast(AVAILABILITY_SCHEMA)
+        raise LedgerError(f"{path}: not an availability ledger (missing columns {missing}); "
+                          f"{fix}")
+    try:
+        t = t.select(AVAILABILITY_SCHEMA.names).cast(AVAILABILITY_SCHEMA)
+    except (pa.ArrowException, ValueError) as e:
+        raise LedgerError(f"{path}: columns of the wrong type ({str(e).splitlines()[0][:200]}); "
+                          f"{fix}") from None
+    seen = set()
+    for i, (vid, rel) in enumerate(zip(t.column("video_id").to_pylist(),
+                                       t.column("path").to_pylist())):
+        check_safe_id(vid, f"{path}, row {i}, field 'video_id'")
+        if vid in seen:
+            raise LedgerError(f"{path}, row {i}: video_id {vid!r} listed twice; {fix}")
+        seen.add(vid)
+        if rel is not None and root is not None and videos_dir is not None:
+            resolve_inside(root, rel, [videos_dir], f"{path}, row {i} ({vid}), field 'path'")
+    return t

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -10,12 +11,13 @@ from typing import Callable
 
 from pipeline.config import ParamsError
 from pipeline.manifest import ManifestError
+from pipeline.safety import UserError
 from pipeline.sources import SourceError
 
 log = logging.getLogger("stages")
 
 # errors in the inputs or settings: reported in one line, exit 2; anything else is a bug
-USER_ERRORS = (ParamsError, ManifestError, SourceError)
+USER_ERRORS = (ParamsError, ManifestError, SourceError, UserError)
 
 
 def setup_logging(stage: str) -> None:
@@ -37,6 +39,29 @@ def run(stage: str, body: Callable[[], int],
     except USER_ERRORS + user_errors as e:
         log.error("%s failed: %s", stage, e)
         return 2
+    except OSError as e:
+        # the machine, not the code: a full disk, a read-only or unreadable file. One line that
+        # names the file; finished outputs are written atomically, so nothing done is lost
+        if e.errno not in OS_ERRNOS:
+            raise
+        log.error("%s failed: %s", stage, describe_os_error(e))
+        return 2
+
+
+# errno values that mean the environment refused (not a bug): reported in one line, exit 2
+OS_ERRNOS = {errno.ENOSPC: "the disk is full: free space, then re-run (finished work is kept)",
+             errno.EDQUOT: "the disk quota is exceeded: free space, then re-run",
+             errno.EACCES: "permission denied: check the owner and mode of the file or folder",
+             errno.EPERM: "operation not permitted: check the owner and mode",
+             errno.EROFS: "the file system is read-only: point the stage at a writable folder",
+             errno.EIO: "an I/O error: check the disk (dmesg), then re-run"}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line: the file(s) named by `e`, what happened and what to do."""
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    hint = OS_ERRNOS.get(e.errno, e.strerror or str(e))
+    return f"{where or 'a file'}: {e.strerror or type(e).__name__}; {hint}"
 
 
 def clip_stage_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
