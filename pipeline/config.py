@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any, Literal
 import yaml
 
 DATASETS = ("demo", "youcook2", "msrvtt", "crosstask", "howto100m")
+INT_MAX = 2**31 - 1   # no count, size or seed here needs more; 1e30 is a typo, not a setting
 
 
 class ParamsError(ValueError):
@@ -61,10 +64,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(key, f"expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value) or abs(value) > 1e15:
+            _fail(key, f"expected a finite number of sane size, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             _fail(key, f"expected an integer, got {type(value).__name__} {value!r}")
+        if abs(value) > INT_MAX:
+            _fail(key, f"{value} is out of range (at most {INT_MAX})")
         return value
     if tp is bool:
         if not isinstance(value, bool):
@@ -210,6 +217,11 @@ class ClusterParams:
     processes: bool = param(True, "LocalCluster workers as processes (false: threads in this "
                                   "process, for debugging)")
 
+    def __post_init__(self) -> None:
+        a = self.scheduler_address
+        if a is not None and not re.fullmatch(r"(tcp|tls|ucx|ws|wss)://\[?[\w.:-]+\]?:\d{1,5}", a):
+            _fail("scheduler_address", f"expected tcp://HOST:PORT (or tls://...), got {a!r}")
+
 
 DEFAULT_FORMAT = "bv*[height>=?360]+ba/b[height>=?360]/bv*+ba/b"
 
@@ -223,9 +235,11 @@ class DownloadParams:
     format_sort: list[str] = param(["+size", "+br", "+res", "+fps"],
                                    "yt-dlp format_sort: smallest matching file first")
     merge_output_format: str = param("mp4/mkv", "container when video and audio are merged")
-    retries: int = param(5, "yt-dlp HTTP retries per request (the API's default is 0)", ge=0)
-    fragment_retries: int = param(5, "yt-dlp retries per fragment (DASH/HLS)", ge=0)
-    extractor_retries: int = param(2, "yt-dlp retries of the extractor's page requests", ge=0)
+    retries: int = param(5, "yt-dlp HTTP retries per request (the API's default is 0)", ge=0,
+                         le=100)
+    fragment_retries: int = param(5, "yt-dlp retries per fragment (DASH/HLS)", ge=0, le=100)
+    extractor_retries: int = param(2, "yt-dlp retries of the extractor's page requests", ge=0,
+                                   le=100)
     socket_timeout_s: float = param(30.0, "network read timeout, seconds", gt=0)
     attempts_per_run: int = param(3, "tries per video per run on transient failures", ge=1,
                                   le=20)
@@ -249,7 +263,7 @@ class DownloadParams:
                                                "demo's); null refuses all file: URLs")
     shard_size: int = param(500, "most videos per shard (the unit of work and of ledger files); "
                                  "smaller when needed to give every worker thread 4 shards",
-                            ge=1)
+                            ge=1, le=100_000)
     recheck_unavailable: bool = param(False, "also re-try videos recorded as unavailable or "
                                              "needs_auth (videos do come back)")
     verify: Literal["sha256", "size"] = param("sha256", "how re-runs check downloaded files: "
@@ -295,8 +309,10 @@ class ExtractParams:
     dtype: Literal["float16", "float32"] = param("float16", "stored dtype of the features "
                                                             "(reference: float16)")
     l2_normalize: bool = param(True, "L2-normalise every 2D/3D row, eps 1e-12 (reference: yes)")
-    batch_2d: int = param(32, "1 fps frames per ResNet-152 forward, across videos", ge=1)
-    batch_3d: int = param(8, "16-frame clips per ResNeXt-101 forward, across videos", ge=1)
+    batch_2d: int = param(32, "1 fps frames per ResNet-152 forward, across videos", ge=1,
+                          le=4096)
+    batch_3d: int = param(8, "16-frame clips per ResNeXt-101 forward, across videos", ge=1,
+                          le=1024)
     decoders: int = param(0, "videos decoded concurrently per worker (one ffmpeg each) ahead of "
                              "inference; 0 = auto (1 on CPU, 6 on a GPU)", ge=0, le=64)
     device: Literal["auto", "cpu", "cuda"] = param("auto", "auto: CUDA when present (one worker "
@@ -307,7 +323,8 @@ class ExtractParams:
                                                                     "forwards; float32 is the "
                                                                     "reference recipe")
     channels_last: bool = param(True, "channels-last memory format (same numbers, faster)")
-    shard_videos: int = param(64, "most videos per shard (the unit of work and restart)", ge=1)
+    shard_videos: int = param(64, "most videos per shard (the unit of work and restart)", ge=1,
+                              le=100_000)
     shard_seconds: float = param(36000.0, "most seconds of video per shard", gt=0)
     max_failure_fraction: float = param(0.2, "fail the stage when more than this fraction of "
                                              "downloaded videos ends in decode_error, "
@@ -332,7 +349,7 @@ class ExtractParams:
 class ModelParams:
     """The AVLnet model and loss (avlnet.md); the paper's Table 3 ablations are these values."""
 
-    embed_dim: int = param(4096, "joint embedding size D (paper: 4096)", ge=1)
+    embed_dim: int = param(4096, "joint embedding size D (paper: 4096)", ge=1, le=65536)
     head: Literal["gating", "linear", "mlp"] = param("gating", "projection heads (Table 3)")
     audio_widths: list[int] = param([128, 256, 512, 1024], "ResDAVEnet stage widths (paper: "
                                                            "128, 256, 512, 1024)")
@@ -346,8 +363,9 @@ class ModelParams:
         "demo's random-backbone features need batchnorm, see models/avlnet.py)")
 
     def __post_init__(self) -> None:
-        if len(self.audio_widths) != 4 or min(self.audio_widths) < 1:
-            _fail("audio_widths", f"expected 4 positive widths, got {self.audio_widths}")
+        if (len(self.audio_widths) != 4 or min(self.audio_widths) < 1
+                or max(self.audio_widths) > 16384):
+            _fail("audio_widths", f"expected 4 widths within 1..16384, got {self.audio_widths}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,16 +374,16 @@ class TrainParams:
 
     dataset: Literal["howto100m", "demo"] = param("demo", "pretraining data (feature store)")
     model: ModelParams = param(ModelParams(), "model and loss")
-    epochs: int = param(30, "epochs (paper: 30)", ge=1)
-    videos_per_batch: int = param(128, "N videos per batch (paper: 128)", ge=1)
-    clips_per_video: int = param(32, "M random windows per video (paper: 32)", ge=1)
+    epochs: int = param(30, "epochs (paper: 30)", ge=1, le=100_000)
+    videos_per_batch: int = param(128, "N videos per batch (paper: 128)", ge=1, le=65536)
+    clips_per_video: int = param(32, "M random windows per video (paper: 32)", ge=1, le=4096)
     window_s: int = param(10, "length of a pretraining window, whole seconds (paper: 10; its "
                               "Table 3 ablates 2.5 to 20)", ge=1, le=60)
     lr: float = param(1e-3, "Adam learning rate (paper: 1e-3)", gt=0)
     lr_decay: float = param(0.9, "lr multiplied by this after every epoch (paper: 0.9)", gt=0,
                             le=1)
     seed: int = param(0, "seeds data order, windows and initialisation")
-    workers: int = param(2, "data loader worker processes", ge=0)
+    workers: int = param(2, "data loader worker processes", ge=0, le=256)
     precision: Literal["auto", "float32", "bf16", "fp16"] = param(
         "auto", "auto: bf16 autocast on CUDA, float32 on the CPU")
     checkpoint_every: int = param(200, "steps between checkpoints (also at every epoch end)",
@@ -386,16 +404,16 @@ class FinetuneParams:
     init: Literal["pretrained", "none"] = param("pretrained", "start from stage train's model, "
                                                               "or from scratch (the paper's "
                                                               "'target only' rows)")
-    batch: int = param(256, "clips per batch (paper: 256; from scratch 64)", ge=1)
+    batch: int = param(256, "clips per batch (paper: 256; from scratch 64)", ge=1, le=65536)
     lr: float = param(1e-4, "Adam learning rate, constant (paper: 1e-4)", gt=0)
-    epochs: int = param(5, "epochs (paper: 5; from scratch 15)", ge=1)
+    epochs: int = param(5, "epochs (paper: 5; from scratch 15)", ge=1, le=100_000)
     bn_mode: Literal["frozen", "train"] = param("frozen", "frozen: BatchNorm statistics "
                                                           "frozen and masked pooling, as the "
                                                           "reference fine-tunes; train: usual "
                                                           "training mode")
     clip_frames: int = param(0, "audio frames per clip, padded or cropped; 0 = the dataset's "
                                 "(5120 YouCook2/CrossTask, 3072 MSR-VTT, 512 demo); evaluation "
-                                "uses the same", ge=0)
+                                "uses the same", ge=0, le=1_000_000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -407,8 +425,8 @@ class EvaluateParams:
     settings: list[Literal["zero_shot", "fine_tuned"]] = param(
         ["zero_shot", "fine_tuned"], "zero_shot: stage train's model; fine_tuned: "
                                      "finetune@<dataset>'s (skipped with a warning if absent)")
-    batch: int = param(64, "clips embedded per forward", ge=1)
-    examples: int = param(5, "queries shown in the qualitative page", ge=0)
+    batch: int = param(64, "clips embedded per forward", ge=1, le=65536)
+    examples: int = param(5, "queries shown in the qualitative page", ge=0, le=1000)
     device: Literal["auto", "cpu", "cuda"] = param("auto", "CUDA when present, else the CPU")
     allow_missing: bool = param(False, "skip a setting whose checkpoint is missing with a "
                                        "warning (false: that is an error)")
@@ -433,15 +451,48 @@ class Params:
             _fail("datasets", f"lists a dataset twice: {self.datasets}")
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter: a key given twice in one mapping is an error (PyYAML
+    keeps the last silently), and `1e-3` is a float as in YAML 1.2 (and DVC), not a string."""
+
+
+def _no_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise ParamsError(f"line {line}: key {key!r} given twice (also on line {seen[key]}); "
+                              "keep one")
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Reads and validates the whole params file; raises ParamsError naming the file and key."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found (run from the project root)") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a folder, not a params file") from None
+    except OSError as e:
+        raise ParamsError(f"{path}: cannot be read ({e.strerror or e}); check its permissions") \
+            from None
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {e.start}); is it the right file?") \
+            from None
+    except ParamsError as e:
+        raise ParamsError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+        raise ParamsError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level")
     try:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 import yaml
@@ -81,3 +82,53 @@ def test_params_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.demo.seed = 3  # type: ignore[misc]
     assert from_dict(DemoParams, {"seed": 5}).seed == 5
+
+
+@pytest.mark.parametrize("text, words", [
+    ("extract:\n  batch_2d: 32\n  batch_2d: 64\n", "line 3: key 'batch_2d' given twice"),
+    ("train:\n  lr: 0.01\ntrain:\n  lr: 0.02\n", "line 3: key 'train' given twice"),
+    ("extract:\n  batch_2d: 1e30\n", "extract.batch_2d: expected an integer, got float"),
+    ("extract:\n  batch_2d: 1000000000000000000000\n", "extract.batch_2d: 1000000000000000000000 "
+                                                       "is out of range"),
+    ("extract:\n  batch_2d: 100000\n", "extract.batch_2d: must be <= 4096"),
+    ("train:\n  epochs: 99999999999\n", "train.epochs: 99999999999 is out of range"),
+    ("train:\n  lr: .inf\n", "train.lr: expected a finite number"),
+    ("download:\n  backoff_s: 1e300\n", "download.backoff_s: expected a finite number of sane"),
+    ("cluster:\n  scheduler_address: nonsense\n", "cluster.scheduler_address: expected tcp://"),
+    ("cluster:\n  scheduler_address: 'tcp://:x'\n", "cluster.scheduler_address: expected tcp://"),
+])
+def test_duplicate_keys_and_absurd_values_fail_naming_file_and_key(tmp_path, text, words):
+    f = tmp_path / "params.yaml"
+    f.write_text(text)
+    with pytest.raises(ParamsError) as e:
+        load_params(f)
+    msg = str(e.value)
+    assert msg.startswith(f"{f}: ") and words in msg and "\n" not in msg
+
+
+def test_yaml12_floats_and_valid_scheduler_addresses_load(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("train:\n  lr: 1e-3\ncluster:\n  scheduler_address: tcp://10.0.0.5:8786\n")
+    p = load_params(f)
+    assert p.train.lr == 0.001 and p.cluster.scheduler_address == "tcp://10.0.0.5:8786"
+
+
+def test_unreadable_params_files_are_one_line(tmp_path):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\x00\x01\xff\xfe")
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    for f, words in ((binary, "not UTF-8 text"), (folder, "is a folder")):
+        with pytest.raises(ParamsError) as e:
+            load_params(f)
+        assert str(e.value).startswith(f"{f}: ") and words in str(e.value)
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux /proc")
+def test_params_file_that_cannot_be_read_is_one_line():
+    # reading /proc/self/mem from offset 0 fails with EIO: a real unreadable file, even as root
+    with pytest.raises(ParamsError) as e:
+        load_params("/proc/self/mem")
+    assert str(e.value) == ("/proc/self/mem: cannot be read (Input/output error); check its "
+                            "permissions")
