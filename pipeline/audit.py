@@ -6,13 +6,15 @@ import json
 import logging
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.ledger import AVAILABLE, PENDING, STATUSES, now, read_availability
-from pipeline.manifest import write_json_atomic, write_parquet_atomic
+from pipeline.manifest import read_clips, read_videos, write_json_atomic, write_parquet_atomic
+from pipeline.safety import check_safe_id
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +64,10 @@ REASON_MEANING = {
     "unavailable_unspecified": "permanent: YouTube says only 'video unavailable'",
     "not_found": "permanent: the URL answers 404/410",
     "invalid_id": "permanent: not a valid YouTube id or URL",
-    "file_invalid": "the downloaded file failed its checks; re-run to download it again",
-    "local_error": "an error on this machine (disk, ffmpeg); fix it and re-run",
+    "file_invalid": "permanent: downloaded, but not readable as media (empty, random bytes, "
+                    "truncated); re-checked only with --recheck-unavailable",
+    "local_error": "an error on this machine (permissions, disk, a special file in the way); "
+                   "`message` names the file: fix it and re-run",
     "url_rejected": "configuration: the URL is not http(s) or a file: URL outside "
                     "download.file_root; fix the manifest or the setting",
     "unknown": "unclassified error: read `message` in availability.parquet",
@@ -84,17 +88,28 @@ class AuditError(ValueError):
 
 
 def _load(manifest_dir: Path) -> tuple[list[dict], list[tuple[str, str]], list[str], bool]:
-    """(one state per manifest video, (video_id, split) per clip, split order, ledger found)."""
-    vpath = manifest_dir / "videos.parquet"
-    if not vpath.exists():
-        raise AuditError(f"{vpath} not found: run the manifest stage for this dataset first")
-    videos = pq.read_table(vpath, columns=["video_id", "split"]).to_pylist()
-    clips = pq.read_table(manifest_dir / "clips.parquet", columns=["video_id", "split"])
+    """(one state per manifest video, (video_id, split) per clip, split order, ledger found).
+
+    Every table is checked as it is read (ids path-safe, the ledger's schema); split names
+    become folder names, so they must be path-safe too."""
+    for name in ("videos.parquet", "clips.parquet"):
+        if not (manifest_dir / name).exists():
+            raise AuditError(f"{manifest_dir / name} not found: run the manifest stage for this "
+                             "dataset first")
+    videos = read_videos(manifest_dir / "videos.parquet").select(["video_id", "split"]) \
+        .to_pylist()
+    clips = read_clips(manifest_dir / "clips.parquet")
     clips = list(zip(clips.column("video_id").to_pylist(), clips.column("split").to_pylist()))
     mjson = manifest_dir / "manifest.json"
-    order = list(json.loads(mjson.read_text())["splits"]) if mjson.exists() else []
+    try:
+        order = list(json.loads(mjson.read_text())["splits"]) if mjson.exists() else []
+    except (ValueError, KeyError, TypeError) as e:
+        raise AuditError(f"{mjson}: not a manifest summary ({type(e).__name__}: {e}); run the "
+                         "manifest stage for this dataset again") from None
     seen = {s for v in videos for s in v["split"].split(",")} | {s for _, s in clips}
     order += sorted(seen - set(order))
+    for split in order:
+        check_safe_id(split, f"{manifest_dir}: split name")
     apath = manifest_dir / "availability.parquet"
     ledger: dict[str, dict] = {}
     if apath.exists():
@@ -189,10 +204,15 @@ def audit_dataset(ds: str, manifest_dir: Path, previous: dict | None) -> dict:
 
 def read_snapshot(path: Path) -> dict | None:
     """A snapshot.parquet -> {"audit_date": str, "videos": {video_id: {status, reason,
-    has_audio}}}, or None when there is none (first audit)."""
+    has_audio}}}, or None when there is none (first audit). AuditError when it is unreadable."""
     if not Path(path).exists():
         return None
-    t = pq.read_table(path)
+    try:
+        t = pq.read_table(path).select(SNAPSHOT_SCHEMA.names)
+    except (pa.ArrowException, KeyError) as e:
+        raise AuditError(f"{path}: unreadable audit snapshot ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200] if str(e) else ''}); move it away to "
+                         "start the comparison afresh") from None
     meta = t.schema.metadata or {}
     return {"audit_date": meta.get(b"audit_date", b"").decode() or None,
             "videos": {r.pop("video_id"): r for r in t.to_pylist()}}
@@ -209,14 +229,44 @@ def _id_file(path: Path, header: str, ids: list[str]) -> None:
     _write_text("".join(f"{line}\n" for line in [f"# {header}", *ids]), path)
 
 
+@dataclass
+class _Inputs:
+    """Everything one dataset's audit reads, read and checked before anything is written."""
+
+    ds: str
+    states: list[dict]
+    clips: list[tuple[str, str]]
+    order: list[str]
+    found: bool
+    previous: dict | None
+
+
+def _read_inputs(ds: str, manifest_dir: Path, out: Path) -> _Inputs:
+    return _Inputs(ds, *_load(Path(manifest_dir)),
+                   read_snapshot(Path(out) / ds / "snapshot.parquet"))
+
+
 def audit_and_write(ds: str, manifest_dir: Path, out: Path) -> dict:
     """Audits one dataset against the snapshot in <out>/<ds>/ and writes every report:
     <out>/<ds>.{json,md,png}, <out>/<ds>/<split>/missing_ids.txt, <out>/<ds>/changes/*.txt and,
     last, the new <out>/<ds>/snapshot.parquet. Returns the audit dict."""
-    out, snap = Path(out), Path(out) / ds / "snapshot.parquet"
-    states, clips, order, found = _load(Path(manifest_dir))
-    previous = read_snapshot(snap)
-    result = _summarize(ds, states, clips, order, found, previous)
+    return _write(_read_inputs(ds, manifest_dir, out), Path(out))
+
+
+def audit_all(manifest_dirs: dict[str, Path], out: Path) -> dict[str, dict]:
+    """Audits every dataset ({name: manifests/<name>}) and writes its reports and the summary.
+    All inputs are read and checked first: a bad ledger or manifest of one dataset stops the
+    audit before any report, of any dataset, is rewritten."""
+    inputs = [_read_inputs(ds, d, out) for ds, d in manifest_dirs.items()]
+    results = {i.ds: _write(i, Path(out)) for i in inputs}
+    write_summary(results, out)
+    return results
+
+
+def _write(i: _Inputs, out: Path) -> dict:
+    ds, states, order, previous = i.ds, i.states, i.order, i.previous
+    snap = out / ds / "snapshot.parquet"
+    result = _summarize(ds, states, i.clips, order, i.found, previous)
     write_report(result, out)
     date = result["audit_date"]
     for split in order:

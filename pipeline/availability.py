@@ -5,7 +5,9 @@ typographic apostrophes made plain. Transient classes are tested first, so a bot
 network error can never be mistaken for a permanently unavailable video."""
 from __future__ import annotations
 
+import errno
 import re
+import socket
 from dataclasses import dataclass
 
 from pipeline.ledger import NEEDS_AUTH, PENDING, TRANSIENT, UNAVAILABLE
@@ -19,6 +21,7 @@ KIND_STATUS = {
     "permanent": UNAVAILABLE,
     "regional": UNAVAILABLE,      # gone from here; a proxy elsewhere may still get it
     "needs_auth": NEEDS_AUTH,
+    "local": TRANSIENT,           # this machine (permissions, disk, special files): fix, re-run
 }
 
 # (reason, kind, message patterns), tested in this order: transient ones first
@@ -33,11 +36,15 @@ RULES: list[tuple[str, str, tuple[str, ...]]] = [
         "failed to establish a new connection", "name or service not known",
         "temporary failure in name resolution", "incomplete read", "incompleteread",
         "more expected", "bytes read", "remote end closed", "http error 5", "network is unreachable",
-        "eof occurred")),
+        "eof occurred", "did not get any data blocks")),   # an empty answer: YouTube's CDN
     ("extractor_broken", "transient", (
         "unable to extract", "please report this issue", "nsig extraction failed",
         "signature extraction failed", "unable to download api page")),
     ("not_yet_live", "transient", ("this live event will begin in", "premieres in")),
+    # yt-dlp reports its own file errors as text only ("unable to open for writing: [Errno 13]")
+    ("local_error", "local", ("unable to open for writing", "permission denied",
+                              "no space left on device", "read-only file system",
+                              "disk quota exceeded", "unable to rename file")),
     ("age_restricted", "needs_auth", ("sign in to confirm your age", "age-restricted",
                                       "inappropriate for some users")),
     ("members_only", "needs_auth", ("join this channel to get access to members-only content",
@@ -62,7 +69,42 @@ RULES: list[tuple[str, str, tuple[str, ...]]] = [
     ("unavailable_unspecified", "permanent", ("video unavailable", "this video is unavailable",
                                               "video is not available")),
 ]
-REASONS = tuple(r for r, _, _ in RULES) + ("unknown", "file_invalid", "local_error", "url_rejected")
+REASONS = tuple(dict.fromkeys([r for r, _, _ in RULES] + [
+    "unknown", "file_invalid", "local_error", "url_rejected"]))
+
+# errno values of an OSError that mean this machine refused, not the network or the video
+LOCAL_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO,
+                errno.EISDIR, errno.ENOTDIR, errno.ELOOP}
+
+# what to do when a reason dominates a run's failures: the stage's last line (issue 18)
+ADVICE = {
+    "bot_check": "YouTube is bot-checking this machine: set download.cookiefile (cookies of a "
+                 "signed-in account), slow down (download.max_videos_per_hour, "
+                 "sleep_interval_s) or use download.proxy, then re-run later (it resumes)",
+    "rate_limited": "YouTube is rate-limiting this machine: lower download.max_videos_per_hour "
+                    "or use download.proxy, then re-run later (it resumes)",
+    "forbidden": "HTTP 403, mostly throttling: set download.cookiefile and slower pacing, then "
+                 "re-run later (it resumes)",
+    "network": "check the network connection (and download.proxy), then re-run (it resumes)",
+    "extractor_broken": "yt-dlp cannot read the site any more: update it "
+                        "(pip install -U yt-dlp), then re-run",
+    "not_yet_live": "live events or premieres that have not started: re-run once they have",
+    "format_unavailable": "no format matches download.format: relax it, then re-run",
+    "url_rejected": "the manifest's URLs are refused (not http(s); or file: URLs outside "
+                    "download.file_root or naming a special file): fix them or the setting",
+    "local_error": "files or folders on this machine cannot be read or written (permissions, "
+                   "a full disk, special files): the `message` column of availability.parquet "
+                   "names them; fix them, then re-run",
+    "file_invalid": "downloads that are not readable media (empty, random bytes, truncated): "
+                    "see `message` in availability.parquet; they are re-checked only with "
+                    "--recheck-unavailable",
+    "unknown": "unclassified errors: read the `message` column of availability.parquet",
+}
+
+
+def advice(reason: str | None) -> str:
+    """What to do about failures of `reason` (availability.REASONS), in one clause."""
+    return ADVICE.get(reason or "unknown", ADVICE["unknown"])
 
 
 @dataclass(frozen=True)
@@ -134,6 +176,9 @@ def _by_class(cause: BaseException, status: int | None) -> tuple[str, str] | Non
         return "invalid_id", "permanent"
     if "FileNotFoundError" in names:   # a file: URL (the demo) whose file is gone
         return "not_found", "permanent"
+    if isinstance(cause, OSError) and not isinstance(cause, socket.gaierror) \
+            and cause.errno in LOCAL_ERRNOS:
+        return "local_error", "local"
     if "ExtractorError" in names and getattr(cause, "expected", True) is False:
         return "extractor_broken", "transient"  # yt-dlp did not expect it: a broken extractor
     return None

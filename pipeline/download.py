@@ -27,19 +27,20 @@ from tqdm import tqdm
 
 from pipeline.cluster import connect, follow
 from pipeline.config import ClusterParams, DownloadParams, to_dict
-from pipeline.fetch import (Fetcher, backoff, check_id, file_ok, new_attempt_id, source_unchanged,
-                            thread_fetcher)
+from pipeline.fetch import (Fetcher, backoff, check_id, file_ok, local_failure, new_attempt_id,
+                            source_unchanged, thread_fetcher)
 from pipeline.ledger import (AVAILABLE, NEEDS_AUTH, PENDING, TRANSIENT, Journal,
-                             current_status, now, read_attempts, read_journal, seal_journal,
-                             seal_leftovers, write_availability)
+                             current_status, latest_urls, now, read_attempts, read_journal,
+                             seal_journal, seal_leftovers, write_availability)
 from pipeline.manifest import write_json_atomic
+from pipeline.safety import STALE_DIR, UserError, writer_lock
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_KINDS = ("transient", "throttled")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError):
     """A download run that cannot start or must stop (bad manifest, low disk)."""
 
 
@@ -49,7 +50,8 @@ class ShardJob:
 
     run_id: str
     shard: int
-    videos: tuple                  # ((video_id, url, previous available row or None), ...)
+    videos: tuple                  # ((video_id, url, previous available row or None), ...);
+                                   # the row: path, filesize, sha256, url it was fetched from
     params: DownloadParams
     videos_dir: str
     ledger_dir: str
@@ -123,6 +125,21 @@ def run_shard(job: ShardJob) -> dict:
     counts: collections.Counter = collections.Counter()
     journal = Journal(Path(job.ledger_dir), job.run_id, job.shard)
     done = _done_in_journal(journal.path)
+
+    def record(video_id: str, url: str, out: dict, started, t0: float, final: bool) -> None:
+        journal.append({"attempt_id": new_attempt_id(), "run_id": job.run_id,
+                        "video_id": video_id, "shard": job.shard, "url": url,
+                        "started_at": started, "finished_at": now(),
+                        "elapsed_s": time.monotonic() - t0, "worker": worker, **out})
+        ctl.emit(video_id=video_id, status=out["status"], reason=out["reason"],
+                 kind=out["kind"], final=final, bytes=out["filesize"] or 0)
+
+    def count(out: dict) -> None:   # a video's last outcome in this run
+        counts[f"status:{out['status']}"] += 1
+        counts[f"reason:{out['reason'] or out['status']}"] += 1
+        if out["status"] in (TRANSIENT, PENDING):
+            counts[f"retry:{out['reason']}"] += 1
+
     with journal:
         for video_id, url, prev in job.videos:
             if ctl.stopped():
@@ -131,20 +148,21 @@ def run_shard(job: ShardJob) -> dict:
                 continue
             check_id(video_id)
             if prev is not None:
-                source = fetcher.source_file(url)
-                fresh = source_unchanged(source, prev, job.params.verify)
-                if fresh and file_ok(root, prev, job.params.verify):
-                    counts["reason:verified"] += 1
-                    ctl.emit(video_id=video_id, status=AVAILABLE, reason="verified", kind=None)
+                started, t0 = now(), time.monotonic()
+                try:
+                    why = _why_stale(fetcher, root, url, prev, job.params.verify)
+                    if why is None:
+                        counts["reason:verified"] += 1
+                        ctl.emit(video_id=video_id, status=AVAILABLE, reason="verified",
+                                 kind=None)
+                        continue
+                    log.warning("%s: %s; fetching it again", video_id, why)
+                    _set_aside(root / prev["path"], videos_dir, job.run_id, f"{video_id}: {why}")
+                except OSError as e:   # this video's file cannot be read or moved: its status
+                    out = local_failure(e)
+                    record(video_id, url, out, started, t0, True)
+                    count(out)
                     continue
-                # changed or gone: remove it, or yt-dlp would take it as already downloaded
-                if fresh:
-                    log.warning("%s: %s is missing or changed since it was downloaded; fetching "
-                                "it again", video_id, prev["path"])
-                else:
-                    log.warning("%s: its source %s changed since it was downloaded; fetching it "
-                                "again", video_id, source)
-                (root / prev["path"]).unlink(missing_ok=True)
             videos_dir.mkdir(parents=True, exist_ok=True)
             free = shutil.disk_usage(videos_dir).free
             if free < floor:
@@ -158,23 +176,55 @@ def run_shard(job: ShardJob) -> dict:
                     break
                 started, t0 = now(), time.monotonic()
                 out = fetcher.attempt(video_id, url)
-                journal.append({"attempt_id": new_attempt_id(), "run_id": job.run_id,
-                                "video_id": video_id, "shard": job.shard, "url": url,
-                                "started_at": started, "finished_at": now(),
-                                "elapsed_s": time.monotonic() - t0, "worker": worker, **out})
-                ctl.emit(video_id=video_id, status=out["status"], reason=out["reason"],
-                         kind=out["kind"], final=out["status"] == AVAILABLE
-                         or out["kind"] not in RETRYABLE_KINDS or k == job.params.attempts_per_run,
-                         bytes=out["filesize"] or 0)
-                if out["status"] == AVAILABLE or out["kind"] not in RETRYABLE_KINDS:
+                final = out["status"] == AVAILABLE or out["kind"] not in RETRYABLE_KINDS \
+                    or k == job.params.attempts_per_run
+                record(video_id, url, out, started, t0, final)
+                if final:
                     break
-                if k < job.params.attempts_per_run:
-                    time.sleep(backoff(job.params, k, rng))
+                time.sleep(backoff(job.params, k, rng))
             if out is not None:
-                counts[f"status:{out['status']}"] += 1
-                counts[f"reason:{out['reason'] or out['status']}"] += 1
+                count(out)
     seal_journal(journal.path)
     return dict(counts)
+
+
+def _why_stale(fetcher: Fetcher, root: Path, url: str, prev: dict, verify: str) -> str | None:
+    """Why an available video's copy must be fetched again (its URL changed, its file: source
+    was rewritten, the copy is missing or changed), or None when it stands. OSError when the
+    copy cannot be read or is a special file (never opened)."""
+    if prev.get("url", url) != url:
+        return f"its URL changed from {prev['url']} to {url} since it was downloaded"
+    source = fetcher.source_file(url)
+    try:
+        fresh = source_unchanged(source, prev, verify)
+    except OSError as e:   # an unreadable source is like a gone one: the copy stands
+        log.warning("cannot read %s to compare it with its copy (%s); keeping the copy",
+                    source, e.strerror or e)
+        fresh = True
+    if not fresh:
+        return f"its source {source} changed since it was downloaded"
+    if not file_ok(root, prev, verify):
+        return f"{prev['path']} is missing or changed since it was downloaded"
+    return None
+
+
+def _set_aside(path: Path, videos_dir: Path, run_id: str, why: str) -> None:
+    """Moves a copy about to be replaced to <videos>/stale/<run id>/ rather than deleting it
+    (a video gone from YouTube may have no other copy; yt-dlp would take a file left in
+    place as already downloaded)."""
+    if not os.path.lexists(path):
+        return
+    base = videos_dir / STALE_DIR / run_id
+    dest = base / os.path.relpath(os.path.abspath(path), os.path.abspath(videos_dir))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):   # one README per run, whichever thread is first
+        fd = os.open(base / "README.txt", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"Downloaded copies replaced by download run {run_id}: their URL or source "
+                    "changed, or the copy no longer matched the ledger.\nDelete this folder "
+                    "once you no longer need them.\n")
+    os.replace(path, dest)
+    log.warning("moved %s to %s (%s)", path, dest, why)
 
 
 # --------------------------------------------------------------------------- driver
@@ -206,28 +256,37 @@ class Breaker:
         return None
 
 
-def plan(videos: pa.Table, current: pa.Table, p: DownloadParams, recheck: bool
-         ) -> list[tuple[str, str, dict | None]]:
+def plan(videos: pa.Table, current: pa.Table, p: DownloadParams, recheck: bool,
+         fetched_from: dict[str, str] | None = None) -> list[tuple[str, str, dict | None]]:
     """Which videos this run touches: pending and transient ones; available ones for a file
-    check; unavailable / needs_auth only on re-check (needs_auth also when cookies are set)."""
+    check (and a re-fetch when their URL changed); unavailable / needs_auth only on re-check
+    (needs_auth also when cookies are set) or when their URL changed. `fetched_from`: video ->
+    the URL of its latest attempt (ledger.latest_urls)."""
     by_id = {r["video_id"]: r for r in current.to_pylist()}
+    fetched_from = fetched_from or {}
     todo = []
     for v in sorted(videos.select(["video_id", "url"]).to_pylist(), key=lambda r: r["video_id"]):
-        row = by_id.get(v["video_id"])
+        vid, url = v["video_id"], v["url"]
+        row = by_id.get(vid)
         status = row["status"] if row else PENDING
         if status == AVAILABLE:  # only what the file check needs travels to the workers
-            todo.append((v["video_id"], v["url"],
-                         {k: row[k] for k in ("path", "filesize", "sha256")}))
-        elif (status in (PENDING, TRANSIENT) or recheck
+            todo.append((vid, url, {**{k: row[k] for k in ("path", "filesize", "sha256")},
+                                    "url": fetched_from.get(vid, url)}))
+        elif (status in (PENDING, TRANSIENT) or recheck or fetched_from.get(vid, url) != url
               or (status == NEEDS_AUTH and p.cookiefile)):
-            todo.append((v["video_id"], v["url"], None))
+            todo.append((vid, url, None))
     return todo
+
+
+def _fetches(todo: list) -> list:
+    """The planned videos that will be downloaded (new, or available under another URL)."""
+    return [t for t in todo if t[2] is None or t[2]["url"] != t[1]]
 
 
 def disk_estimate(todo: list, current: pa.Table, videos: pa.Table, p: DownloadParams) -> float:
     """Bytes the videos still to fetch will take: the mean size so far, or duration x rate."""
     sizes = [s for s in current.column("filesize").to_pylist() if s]
-    new = [v for v, _, prev in todo if prev is None]
+    new = [v for v, _, _ in _fetches(todo)]
     if sizes:
         return len(new) * sum(sizes) / len(sizes)
     dur = dict(zip(videos.column("video_id").to_pylist(), videos.column("duration_s").to_pylist()))
@@ -244,20 +303,31 @@ def download(dataset: str, videos: pa.Table, p: DownloadParams, cluster: Cluster
              on_event: Callable[[dict], None] | None = None) -> dict:
     """Downloads what the ledger says is still needed and rebuilds availability.parquet.
 
-    videos: the manifest's videos table (video_id, url, split, duration_s). Returns a summary
-    with counts per status and reason; raises DownloadError when it had to stop early."""
+    videos: the manifest's videos table (video_id, url, split, duration_s). Holds the ledger's
+    writer lock for the whole run (LockError naming the holder when another run has it); every
+    attempts file is checked before any work. Returns a summary with counts per status and
+    reason; raises DownloadError when it had to stop early."""
     for i, vid in enumerate(videos.column("video_id").to_pylist()):
         try:
             check_id(vid)
         except ValueError as e:
             raise DownloadError(f"videos table row {i}: {e}") from None
+    with writer_lock(ledger_dir, f"download@{dataset}", p.lock_wait_s):
+        return _download(dataset, videos, p, cluster, videos_dir, ledger_dir, availability_path,
+                         root, recheck, extractors, on_event)
+
+
+def _download(dataset, videos, p, cluster, videos_dir, ledger_dir, availability_path, root,
+              recheck, extractors, on_event) -> dict:
+    attempts = read_attempts(ledger_dir, root, videos_dir)   # checked before anything changes
     sealed = seal_leftovers(ledger_dir)
     if sealed:
         log.info("sealed %d journal(s) left by an interrupted run", sealed)
-    current = current_status(videos, read_attempts(ledger_dir))
-    todo = plan(videos, current, p, recheck)
+        attempts = read_attempts(ledger_dir, root, videos_dir)
+    current = current_status(videos, attempts)
+    todo = plan(videos, current, p, recheck, latest_urls(attempts))
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    n_new = sum(prev is None for _, _, prev in todo)
+    n_new = len(_fetches(todo))
     videos_dir.mkdir(parents=True, exist_ok=True)
     need, free = disk_estimate(todo, current, videos, p), shutil.disk_usage(videos_dir).free
     log.info("%s: %d videos listed; this run checks %d downloaded files and tries %d videos; "
@@ -268,17 +338,19 @@ def download(dataset: str, videos: pa.Table, p: DownloadParams, cluster: Cluster
         log.warning("the estimate exceeds the free space above the floor: the run will stop "
                     "cleanly at the floor; free space or point data/videos elsewhere")
     summary: dict[str, Any] = {"dataset": dataset, "run_id": run_id, "listed": videos.num_rows,
-                               "tried": n_new, "checked": len(todo) - n_new, "transient": 0}
+                               "tried": n_new, "checked": len(todo) - n_new, "transient": 0,
+                               "attempted": 0, "retry_reasons": {}}
     stop_reason = None
     if todo:
-        stop_reason, counts, outcomes, trips = _run(dataset, todo, p, cluster, videos_dir,
-                                                    ledger_dir, root, run_id, extractors,
-                                                    on_event)
+        stop_reason, counts, outcomes, retry, trips = _run(
+            dataset, todo, p, cluster, videos_dir, ledger_dir, root, run_id, extractors,
+            on_event)
         summary.update(by_reason=dict(sorted(counts.items())), breaker_trips=trips,
                        outcomes=dict(sorted(outcomes.items())),
-                       transient=outcomes.get(TRANSIENT, 0) + outcomes.get(PENDING, 0))
+                       transient=outcomes.get(TRANSIENT, 0) + outcomes.get(PENDING, 0),
+                       attempted=sum(outcomes.values()), retry_reasons=dict(sorted(retry.items())))
     seal_leftovers(ledger_dir)
-    final = current_status(videos, read_attempts(ledger_dir))
+    final = current_status(videos, read_attempts(ledger_dir, root, videos_dir))
     write_availability(final, availability_path)
     statuses = collections.Counter(final.column("status").to_pylist())
     reasons = collections.Counter(r for r in final.column("reason").to_pylist() if r)
@@ -294,7 +366,8 @@ def download(dataset: str, videos: pa.Table, p: DownloadParams, cluster: Cluster
 def _run(dataset, todo, p, cluster, videos_dir, ledger_dir, root, run_id, extractors,
          on_event):
     """Submits the shards and follows them: progress, circuit breaker, stop. -> (stop reason,
-    counts by reason, counts by status, breaker trips); counts come from the shard results."""
+    counts by reason, counts by status, counts of retryable failures by reason, breaker trips);
+    counts come from the shard results."""
     from distributed import Variable
     name = f"avl-download-{run_id}"
     with connect(cluster) as client:
@@ -378,5 +451,6 @@ def _run(dataset, todo, p, cluster, videos_dir, ledger_dir, root, run_id, extrac
         total.update(r)
     reasons = {k[7:]: n for k, n in total.items() if k.startswith("reason:")}
     statuses = {k[7:]: n for k, n in total.items() if k.startswith("status:")}
+    retry = {k[6:]: n for k, n in total.items() if k.startswith("retry:")}
     log.info("%s: %s", dataset, _postfix(collections.Counter(reasons)) or "nothing to do")
-    return stop_reason, reasons, statuses, breaker.trips
+    return stop_reason, reasons, statuses, retry, breaker.trips

@@ -14,9 +14,9 @@ from typing import Any, Callable
 
 from pipeline.availability import Outcome, classify
 from pipeline.config import DownloadParams
-from pipeline.ledger import AVAILABLE, TRANSIENT, now
+from pipeline.ledger import AVAILABLE, TRANSIENT, UNAVAILABLE, now
 from pipeline.manifest import YOUTUBE_ID
-from pipeline.media import ProbeError, probe
+from pipeline.media import MediaAccessError, ProbeError, SpecialFileError, check_regular, probe
 from pipeline.sources import sha256_file
 
 log = logging.getLogger(__name__)
@@ -165,37 +165,95 @@ class Fetcher:
         Per-item failures become an outcome; KeyboardInterrupt and our own bugs propagate."""
         check_id(video_id)
         try:
-            target = resolve_url(url, self._file_root(), self.root)
+            source = local_path(url, self._file_root(), self.root)
         except UrlRejected as e:
             return _failure(Outcome(TRANSIENT, "url_rejected", "configuration", str(e),
                                     "UrlRejected", None))
+        refused = (_check_source(source) if source is not None else None) \
+            or self._check_target(video_id)
+        if refused is not None:
+            return refused
         self._pace()
         try:
-            ydl = self.ydl(files=target.startswith("file:"))
-            info = ydl.extract_info(target, download=True,
+            ydl = self.ydl(files=source is not None)
+            info = ydl.extract_info(url if source is None else source.as_uri(), download=True,
                                     extra_info={"avl_id": video_id, "avl_prefix": video_id[:2]})
         except Exception as e:  # the one per-item boundary around yt-dlp
             return _failure(classify(e))
         return self._finish(info)
 
+    def _check_target(self, video_id: str) -> dict | None:
+        """A local_error outcome when something other than a regular file sits where yt-dlp
+        would write or resume (a FIFO there would block it forever), else None."""
+        folder = self.videos_dir / video_id[:2]
+        for p in sorted(folder.glob(f"{video_id}.*")) if folder.is_dir() else ():
+            try:
+                check_regular(p)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                return local_failure(e)
+        return None
+
     def _finish(self, info: dict) -> dict:
         downloads = info.get("requested_downloads") or []
         path = Path(downloads[0]["filepath"]) if downloads else None
-        if path is None or not path.is_file():
-            return _failure(Outcome(TRANSIENT, "local_error", "transient",
-                                    "yt-dlp reported success but no file was written",
-                                    "MissingFile", None))
+        if path is None or not os.path.lexists(path):
+            return local_failure("yt-dlp reported success but no file was written",
+                                 "MissingFile")
         try:
             meta = probe(path)
+            size, sha = path.stat().st_size, sha256_file(path)
+        except MediaAccessError as e:    # this machine's problem: the file stays as it is
+            return local_failure(str(e), "MediaAccessError")
         except ProbeError as e:
-            path.unlink(missing_ok=True)  # never leave a bad file that looks finished
-            return _failure(Outcome(TRANSIENT, "file_invalid", "transient", str(e),
+            # downloaded, but not media: a re-download gets the same bytes, so it is permanent
+            # (re-checked only on request); never leave a bad file that looks finished
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as u:
+                log.warning("%s: cannot remove the invalid download (%s)", path, u.strerror)
+            return _failure(Outcome(UNAVAILABLE, "file_invalid", "permanent", str(e),
                                     "ProbeError", None))
+        except OSError as e:
+            return local_failure(e)
         meta.pop("has_video")
         return {"status": AVAILABLE, "reason": None, "kind": None, "message": None,
                 "exc_class": None, "http_status": None, "ytdlp_version": ytdlp_version(),
-                "path": os.path.relpath(path, self.root), "filesize": path.stat().st_size,
-                "sha256": sha256_file(path), "format_id": info.get("format_id"), **meta}
+                "path": os.path.relpath(path, self.root), "filesize": size,
+                "sha256": sha, "format_id": info.get("format_id"), **meta}
+
+
+def _check_source(source: Path) -> dict | None:
+    """The outcome for a file: URL's file that must not reach yt-dlp, or None: a special file
+    (a FIFO would hang the copy) is refused unopened, an empty one is not media, an unreadable
+    one is this machine's problem. A missing one goes on: yt-dlp reports it (not_found)."""
+    try:
+        st = check_regular(source)
+        with open(source, "rb"):
+            pass
+    except FileNotFoundError:
+        return None
+    except SpecialFileError as e:
+        return _failure(Outcome(TRANSIENT, "url_rejected", "configuration",
+                                f"refusing URL: {e}", "SpecialFileError", None))
+    except OSError as e:
+        return local_failure(e)
+    if st.st_size == 0:
+        return _failure(Outcome(UNAVAILABLE, "file_invalid", "permanent",
+                                f"{source}: empty file (0 bytes), not media", "ProbeError", None))
+    return None
+
+
+def local_failure(e: OSError | str, exc_class: str | None = None) -> dict:
+    """The outcome of a problem on this machine (a file that cannot be read or written, a
+    special file in the way): the video's local_error, tried again by the next run."""
+    if isinstance(e, OSError):
+        what = str(e) if isinstance(e, SpecialFileError) or not e.strerror \
+            else f"{e.filename or 'a file'}: {e.strerror}"
+        return _failure(Outcome(TRANSIENT, "local_error", "local", what, type(e).__name__, None))
+    return _failure(Outcome(TRANSIENT, "local_error", "local", e, exc_class or "LocalError",
+                            None))
 
 
 def _failure(o: Outcome) -> dict:
@@ -208,12 +266,14 @@ def _failure(o: Outcome) -> dict:
 
 def matches(path: Path, row: dict, verify: str) -> bool | None:
     """Whether the file at `path` is the one `row` recorded (size, and sha256 if asked);
-    None when there is no such file."""
+    None when there is no such file. A special file there raises SpecialFileError unopened,
+    an unreadable one OSError: the caller records them as the video's local_error."""
     try:
-        if path.stat().st_size != row["filesize"]:
-            return False
-    except OSError:
+        st = check_regular(path)
+    except FileNotFoundError:
         return None
+    if st.st_size != row["filesize"]:
+        return False
     return verify == "size" or sha256_file(path) == row["sha256"]
 
 
@@ -222,12 +282,14 @@ def source_unchanged(source: Path | None, row: dict, verify: str) -> bool:
     downloaded from it (size, and sha256 if asked): yt-dlp copies such a file byte for byte, so
     a difference means the source was rewritten (the demo regenerated with other params) and the
     downloaded copy, and any features made from it, are stale. None (an http(s) URL) or a source
-    that is gone: True, the copy stands, as a video deleted from YouTube keeps its copy."""
+    that is gone: True, the copy stands, as a video deleted from YouTube keeps its copy. OSError
+    when the source cannot be read."""
     return source is None or matches(source, row, verify) is not False
 
 
 def file_ok(root: Path, row: dict, verify: str) -> bool:
-    """An available video's file is still there and unchanged (size, and sha256 if asked)."""
+    """An available video's file is still there and unchanged (size, and sha256 if asked);
+    OSError when it cannot be read (see matches)."""
     return bool(row.get("path")) and bool(matches(root / row["path"], row, verify))
 
 
@@ -253,5 +315,6 @@ def thread_fetcher(key: Any, make: Callable[[], Fetcher]) -> Fetcher:
     return cache[key]
 
 
-__all__ = ["Fetcher", "UrlRejected", "backoff", "check_id", "file_ok", "new_attempt_id",
-           "now", "resolve_url", "thread_fetcher", "ydl_options", "ytdlp_version"]
+__all__ = ["Fetcher", "UrlRejected", "backoff", "check_id", "file_ok", "local_failure",
+           "new_attempt_id", "now", "resolve_url", "thread_fetcher", "ydl_options",
+           "ytdlp_version"]

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.manifest import write_parquet_atomic
-from pipeline.safety import UserError, check_safe_id, resolve_inside
+from pipeline.safety import UnsafeInputError, UserError, check_safe_id, resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,9 @@ AVAILABILITY_SCHEMA = pa.schema([
     pa.field("last_checked", TS),                         # latest attempt's end
 ])
 
+# what every attempt row must carry (the schema's non-nullable fields)
+REQUIRED = [f.name for f in ATTEMPT_SCHEMA if not f.nullable]
+
 _SHARD_RE = re.compile(r"^attempts-(?P<run>[0-9A-Za-z_-]+)-shard-(?P<shard>\d{5})\.(jsonl|parquet)$")
 
 
@@ -127,15 +130,34 @@ def _drop_torn_tail(path: Path) -> None:
             os.fsync(f.fileno())
 
 
+class LedgerError(UserError):
+    """A ledger file (availability.parquet, an attempts file) that cannot be trusted."""
+
+
+def _set_aside_hint(path: Path) -> str:
+    return (f"move it out of {path.parent} to go on without the attempts it holds (those "
+            "videos are tried again), or restore it from a backup")
+
+
 def read_journal(path: Path) -> list[dict]:
-    """Complete rows of a journal; a torn (half-written) last line is skipped."""
+    """Complete rows of a journal; a torn (half-written) last line is skipped. A complete line
+    that is not an attempt row (corrupt, edited) raises LedgerError naming file and line."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):
                 log.warning("%s: ignoring a torn last line (the run was killed mid-write)", path)
                 break
-            rows.append(json.loads(line))
+            try:
+                row = json.loads(line)
+            except ValueError as e:   # JSONDecodeError and UnicodeDecodeError alike
+                raise LedgerError(f"{path}, line {n}: not a JSON attempt row ({e}); "
+                                  f"{_set_aside_hint(path)}") from None
+            missing = [k for k in REQUIRED if not isinstance(row, dict) or row.get(k) is None]
+            if missing:
+                raise LedgerError(f"{path}, line {n}: not an attempt row (missing {missing}); "
+                                  f"{_set_aside_hint(path)}")
+            rows.append(row)
     return rows
 
 
@@ -160,15 +182,35 @@ def seal_journal(path: Path) -> Path:
     out = path.with_suffix(".parquet")
     rows = read_journal(path)
     if out.exists():
-        sealed = pq.read_table(out, schema=ATTEMPT_SCHEMA)
+        sealed = _read_sealed(out)
         have = set(sealed.column("attempt_id").to_pylist())
         new = [r for r in rows if r["attempt_id"] not in have]
         if new:
-            write_parquet_atomic(pa.concat_tables([sealed, attempts_table(new)]), out)
+            write_parquet_atomic(pa.concat_tables([sealed, _journal_table(new, path)]), out)
     elif rows:
-        write_parquet_atomic(attempts_table(rows), out)
+        write_parquet_atomic(_journal_table(rows, path), out)
     path.unlink()
     return out
+
+
+def _read_sealed(path: Path) -> pa.Table:
+    """A sealed attempts-*.parquet, or LedgerError naming it (corrupt, empty, other schema)."""
+    try:
+        return pq.read_table(path, schema=ATTEMPT_SCHEMA)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise   # the machine (permissions, I/O): the stage reports it naming the file
+        raise LedgerError(f"{path}: unreadable attempts file ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200] if str(e) else ''}); "
+                          f"{_set_aside_hint(path)}") from None
+
+
+def _journal_table(rows: list[dict], path: Path) -> pa.Table:
+    try:
+        return attempts_table(rows)
+    except (pa.ArrowException, ValueError, TypeError) as e:
+        raise LedgerError(f"{path}: a row has a field of the wrong type ({e}); "
+                          f"{_set_aside_hint(path)}") from None
 
 
 def seal_leftovers(ledger_dir: Path) -> int:
@@ -188,13 +230,18 @@ def iter_attempt_files(ledger_dir: Path) -> Iterator[Path]:
                 yield p
 
 
-def read_attempts(ledger_dir: Path) -> pa.Table:
+def read_attempts(ledger_dir: Path, root: Path | None = None,
+                  videos_dir: Path | None = None) -> pa.Table:
     """Every recorded attempt (sealed parquet files plus live journals), deduplicated by
-    attempt_id, sorted by (video_id, finished_at, attempt_id)."""
+    attempt_id, sorted by (video_id, finished_at, attempt_id).
+
+    Every file is checked before its rows are used: readable, required fields present, known
+    statuses, path-safe video ids and, with `root` and `videos_dir`, media paths inside
+    videos_dir. LedgerError / UnsafeInputError name the file and row otherwise."""
     tables, seen = [], set()
     for p in iter_attempt_files(ledger_dir):
-        t = pq.read_table(p, schema=ATTEMPT_SCHEMA) if p.suffix == ".parquet" \
-            else attempts_table(read_journal(p))
+        t = _read_sealed(p) if p.suffix == ".parquet" else _journal_table(read_journal(p), p)
+        _check_attempts(t, p, root, videos_dir)
         keep = [i for i, a in enumerate(t.column("attempt_id").to_pylist()) if a not in seen]
         seen.update(t.column("attempt_id").to_pylist())
         tables.append(t.take(pa.array(keep, pa.int64())) if len(keep) != t.num_rows else t)
@@ -203,6 +250,50 @@ def read_attempts(ledger_dir: Path) -> pa.Table:
     t = pa.concat_tables(tables)
     return t.sort_by([("video_id", "ascending"), ("finished_at", "ascending"),
                       ("attempt_id", "ascending")])
+
+
+def _check_attempts(t: pa.Table, path: Path, root: Path | None, videos_dir: Path | None) -> None:
+    for name in REQUIRED:
+        if t.column(name).null_count:
+            row = t.column(name).to_pylist().index(None)
+            raise LedgerError(f"{path}, row {row}: field {name!r} is empty; "
+                              f"{_set_aside_hint(path)}")
+    inside = _inside_check(root, videos_dir)
+    for i, (vid, status, rel) in enumerate(zip(t.column("video_id").to_pylist(),
+                                               t.column("status").to_pylist(),
+                                               t.column("path").to_pylist())):
+        check_safe_id(vid, f"{path}, row {i}, field 'video_id'")
+        if status not in STATUSES:
+            raise LedgerError(f"{path}, row {i}: unknown status {status!r} (known: "
+                              f"{', '.join(STATUSES)}); {_set_aside_hint(path)}")
+        if rel is not None and inside is not None and not inside(rel):
+            raise UnsafeInputError(
+                f"{path}, row {i} ({vid}), field 'path': {rel!r} is not a file inside the "
+                f"videos folder {videos_dir}; refusing the ledger (edited by hand? or the "
+                "videos folder moved: then pass its old place as --videos)")
+
+
+def _inside_check(root: Path | None, videos_dir: Path | None):
+    """A test `rel -> bool`: the root-relative path lies inside videos_dir (None: no check).
+
+    Lexical on the recorded path, which the download stage builds from the resolved videos
+    folder (relative to `root` as given), so a symlinked videos folder passes and `..` cannot
+    escape; no syscall per row."""
+    if root is None or videos_dir is None:
+        return None
+    base = (Path(root) / videos_dir).resolve()
+    root = Path(os.path.abspath(root))
+
+    def inside(rel: object) -> bool:
+        if not isinstance(rel, str) or not rel or os.path.isabs(rel) or "\0" in rel:
+            return False
+        return base in Path(os.path.normpath(root / rel)).parents
+    return inside
+
+
+def latest_urls(attempts: pa.Table) -> dict[str, str]:
+    """video_id -> the URL of its latest attempt (what its file, if any, was fetched from)."""
+    return dict(zip(attempts.column("video_id").to_pylist(), attempts.column("url").to_pylist()))
 
 
 def current_status(videos: pa.Table, attempts: pa.Table) -> pa.Table:
@@ -235,10 +326,6 @@ def current_status(videos: pa.Table, attempts: pa.Table) -> pa.Table:
 
 def write_availability(table: pa.Table, path: Path) -> None:
     write_parquet_atomic(table, path)
-
-
-class LedgerError(UserError):
-    """A ledger file (availability.parquet, an attempts file) that cannot be trusted."""
 
 
 def read_availability(path: Path, root: Path | None = None,

@@ -14,6 +14,8 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.safety import check_safe_id
+
 log = logging.getLogger(__name__)
 
 YOUTUBE_ID = re.compile(r"\A[A-Za-z0-9_-]{11}\Z")  # \Z: "$" would accept a trailing newline
@@ -168,11 +170,58 @@ def write_manifest(m: Manifest, out_dir: Path, sources: dict, params: dict) -> d
     return summary
 
 
+def _read_checked(path: Path, fields: list[pa.Field], optional: tuple[str, ...]) -> pa.Table:
+    """A manifest table with `fields` cast to their types (extra columns kept; `optional` ones
+    added as nulls when absent) and no nulls in required fields; ManifestError naming the
+    file, row and field otherwise."""
+    path = Path(path)
+    fix = "run the manifest stage for this dataset again"
+    try:
+        t = pq.read_table(path)
+    except FileNotFoundError:
+        raise ManifestError(path, None, None, f"not found; {fix}") from None
+    except (pa.ArrowException, OSError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise  # the machine (permissions, I/O): the stage reports it naming the file
+        raise ManifestError(path, None, None, f"unreadable ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200] if str(e) else ''}); {fix}") from None
+    for f in fields:
+        if f.name not in t.column_names:
+            if f.name not in optional:
+                raise ManifestError(path, None, f.name, f"missing column (the table has "
+                                    f"{t.column_names}); {fix}")
+            t = t.append_column(f.name, pa.nulls(t.num_rows, f.type))
+        col = t.column(f.name)
+        try:
+            col = col.cast(f.type)
+        except (pa.ArrowException, ValueError) as e:
+            raise ManifestError(path, None, f.name, f"expected {f.type}, got {col.type} "
+                                f"({str(e).splitlines()[0][:200]}); {fix}") from None
+        if not f.nullable and col.null_count:
+            raise ManifestError(path, col.to_pylist().index(None), f.name, f"empty; {fix}")
+        t = t.set_column(t.column_names.index(f.name), f.name, col)
+    return t
+
+
 def read_videos(path: Path) -> pa.Table:
-    """Reads a videos.parquet written by write_manifest."""
-    return pq.read_table(path)
+    """Reads a videos.parquet written by write_manifest, checked before any work: the columns
+    of VIDEO_FIELDS (duration_s may be absent: nulls), no empty id, url or split, video ids
+    path-safe and unique. ManifestError / UnsafeInputError naming file, row and field."""
+    t = _read_checked(path, VIDEO_FIELDS, ("duration_s",))
+    seen: dict[str, int] = {}
+    for i, vid in enumerate(t.column("video_id").to_pylist()):
+        check_safe_id(vid, f"{path}, row {i}, field 'video_id'")
+        if vid in seen:
+            raise ManifestError(path, i, "video_id", f"duplicate video id {vid!r} (first at "
+                                f"row {seen[vid]})")
+        seen[vid] = i
+    return t
 
 
 def read_clips(path: Path) -> pa.Table:
-    """Reads a clips.parquet written by write_manifest."""
-    return pq.read_table(path)
+    """Reads a clips.parquet written by write_manifest, checked: the columns of CLIP_FIELDS
+    (text and source may be absent), no empty required field, path-safe video ids."""
+    t = _read_checked(path, CLIP_FIELDS, ("text", "source"))
+    for i, vid in enumerate(t.column("video_id").to_pylist()):
+        check_safe_id(vid, f"{path}, row {i}, field 'video_id'")
+    return t

@@ -190,19 +190,17 @@ def check_safe_id(value: object, where: str) -> str:
 
 
 def resolve_inside(root: Path, rel: object, allowed: Iterable[Path], where: str) -> Path:
-    """`root / rel` resolved, if `rel` is a relative path that stays inside one of `allowed`
-    (folders relative to `root`) and names no special file; else UnsafeInputError."""
+    """`root / rel` (absolute, normalised) if `rel` is a relative path that stays inside one of
+    `allowed` (folders relative to `root`), else UnsafeInputError. Lexical, no system call, so
+    a ledger of a million rows checks in seconds; whether the file is a regular one is checked
+    where it is opened (media.check_regular)."""
     if not isinstance(rel, str) or not rel or os.path.isabs(rel) or "\0" in rel:
         raise UnsafeInputError(f"{where}: path {rel!r} must be relative to the project folder")
-    root = Path(root).resolve()
-    full = (root / rel).resolve()
+    root = os.path.abspath(root)
+    full = os.path.normpath(os.path.join(root, rel))
     for a in allowed:
-        base = (root / a).resolve()
-        if full == base or base in full.parents:
-            break
-    else:
-        raise UnsafeInputError(f"{where}: path {rel!r} leads outside "
-                               f"{', '.join(str(a) for a in allowed)}; refusing it")
-    if full.exists() and not full.is_file():
-        raise UnsafeInputError(f"{where}: path {rel!r} is not a regular file")
-    return full
+        base = os.path.normpath(os.path.join(root, a))
+        if full == base or full.startswith(base + os.sep):
+            return Path(full)
+    raise UnsafeInputError(f"{where}: path {rel!r} leads outside "
+                           f"{', '.join(str(a) for a in allowed)}; refusing it")

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.audit import AuditError, audit_and_write, write_summary
+from pipeline.audit import AuditError, audit_all
 from pipeline.config import load_params
 from stages.common import run
 
@@ -26,9 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     def body() -> int:
-        results = {}
-        for ds in load_params(args.params).datasets:
-            r = results[ds] = audit_and_write(ds, args.manifests / ds, args.out)
+        # every dataset's manifests and ledger are checked before any report is rewritten
+        results = audit_all({ds: args.manifests / ds for ds in load_params(args.params).datasets},
+                            args.out)
+        for ds, r in results.items():
             for split, c in r["splits"].items():
                 p = c["paper"]
                 log.info("%s %s: %d videos, %d available, %d with audio; clips %d/%d covered "
@@ -36,7 +37,6 @@ def main(argv: list[str] | None = None) -> int:
                          c["videos_with_audio"], c["clips_covered"], c["clips_listed"],
                          _pct(c["clip_coverage"]),
                          f"; paper {p['count']:,} {p['measure']}" if p else "")
-        write_summary(results, args.out)
         log.info("reports in %s", args.out)
         return 0
 

@@ -5,6 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from pipeline.availability import advice
 from pipeline.cluster import ClusterError
 from pipeline.config import DATASETS, load_params
 from pipeline.download import DownloadError, download
@@ -35,11 +36,16 @@ def main(argv: list[str] | None = None) -> int:
                      manifest / "availability.parquet", Path.cwd(),
                      recheck=args.recheck_unavailable or p.recheck_unavailable)
         log.info("%s: %s; reasons: %s", ds, s["status"], s["reasons"] or "none")
-        if s["tried"] and s["transient"] / s["tried"] > p.max_transient_fraction:
-            log.error("%d of %d tried videos failed transiently or were throttled (more than "
-                      "download.max_transient_fraction = %s): check the network, cookies and "
-                      "pacing, then re-run (it resumes)", s["transient"], s["tried"],
-                      p.max_transient_fraction)
+        if s["reasons"].get("file_invalid"):
+            log.warning("%s: %d videos downloaded as files that are not media: %s", ds,
+                        s["reasons"]["file_invalid"], advice("file_invalid"))
+        if s["attempted"] and s["transient"] / s["attempted"] > p.max_transient_fraction:
+            # the reason most of them share decides the advice: network, pacing, this machine
+            top, n = max(s["retry_reasons"].items(), key=lambda kv: (kv[1], kv[0]))
+            log.error("%d of %d videos tried failed in a way a re-run may fix (more than "
+                      "download.max_transient_fraction = %s); most often %s (%d): %s",
+                      s["transient"], s["attempted"], p.max_transient_fraction, top, n,
+                      advice(top))
             return 1
         return 0
 

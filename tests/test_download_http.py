@@ -20,8 +20,8 @@ import pipeline.download
 from pipeline.config import ClusterParams, DownloadParams
 from pipeline.download import DownloadError, download
 from pipeline.fetch import Fetcher, UrlRejected, check_id, resolve_url
-from pipeline.ledger import (ATTEMPT_SCHEMA, AVAILABILITY_SCHEMA, attempts_table, current_status,
-                             read_availability, write_availability)
+from pipeline.ledger import (ATTEMPT_SCHEMA, AVAILABILITY_SCHEMA, LedgerError, attempts_table,
+                             current_status, read_availability, write_availability)
 
 STALL_S = 10.0   # far longer than socket_timeout_s; released when the server shuts down
 
@@ -181,9 +181,10 @@ def test_truncated_body_keeps_only_a_part_file(fetcher, server, tmp_path):
 
 
 def test_not_media_is_file_invalid_and_removed(fetcher, server, tmp_path):
+    """Downloaded but not media: permanent (a re-download gets the same bytes), not transient."""
     out = fetcher.attempt("junkVideo01", f"{server[0]}/garbage.mp4")
     assert (out["status"], out["reason"], out["kind"], out["exc_class"]) == \
-        ("transient_failure", "file_invalid", "transient", "ProbeError")
+        ("unavailable", "file_invalid", "permanent", "ProbeError")
     assert "junkVideo01.mp4" in out["message"] and out["path"] is None
     assert [p for p in (tmp_path / "v").rglob("*") if p.is_file()] == []
 
@@ -450,5 +451,5 @@ def test_read_availability_round_trips(tmp_path):
 def test_read_availability_refuses_other_tables(tmp_path):
     pq.write_table(pa.table({"video_id": ["AAAAAAAAAA1"], "status": ["available"]}),
                    tmp_path / "old.parquet")
-    with pytest.raises(ValueError, match=r"not an availability ledger.*'url'"):
+    with pytest.raises(LedgerError, match=r"not an availability ledger.*'url'"):
         read_availability(tmp_path / "old.parquet")

@@ -403,6 +403,26 @@ def test_unknown_message_is_unknown_and_retried():
     assert out.exc_class == "KeyError"
 
 
+@pytest.mark.parametrize("exc", [
+    PermissionError(13, "Permission denied", "/data/videos/ab"),
+    OSError(28, "No space left on device"),
+    YtDownloadError("ERROR: unable to open for writing: [Errno 13] Permission denied: 'x.part'"),
+    YtDownloadError("ERROR: Unable to rename file: [Errno 30] Read-only file system"),
+])
+def test_errors_of_this_machine_are_local_not_unknown(exc):
+    """A folder that cannot be written is not the network's or the video's fault (issue 18)."""
+    out = classify(exc)
+    assert (out.status, out.reason, out.kind) == ("transient_failure", "local_error", "local")
+
+
+def test_name_resolution_and_empty_answers_stay_network():
+    assert classify(TransportError(cause=socket.gaierror(-2, "Name or service not known"))
+                    ).reason == "network"
+    # an empty answer: YouTube's CDN does this now and then, so it is retried, not written off
+    out = classify(YtDownloadError("ERROR: Did not get any data blocks"))
+    assert (out.status, out.reason) == ("transient_failure", "network")
+
+
 def test_class_decides_geo_and_unsupported():
     out = classify(GeoRestrictedError("The uploader has not made this video available in your "
                                       "country", countries=["US"]))
