@@ -3,11 +3,16 @@ videos for pretraining, annotated clips for fine-tuning and evaluation.
 
 Both read only the rows a window needs (FeatureStore.read slices along time) and are seeded so
 that an item depends only on (seed, epoch, index): the same batches come out whatever the number
-of loader workers, and a resumed run sees exactly the batches it would have seen."""
+of loader workers, and a resumed run sees exactly the batches it would have seen.
+
+A feature that cannot be read (a truncated or corrupt shard) is a StoreError naming the shard,
+in the main process and in loader workers alike (checked_batches unwraps the worker's
+traceback text into that one line)."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -15,11 +20,51 @@ from torch.utils.data import Dataset
 
 from models.avlnet import video_input
 from pipeline.sampling import CLIP_FRAMES, WINDOW_FRAMES, draw_starts, pad_or_crop, window
-from pipeline.store import FeatureStore
+from pipeline.store import FeatureStore, StoreError
 
 log = logging.getLogger(__name__)
 
 FEAT_DIM = 2048
+T = TypeVar("T")
+
+
+def read_item(store: FeatureStore, video_id: str, fn: Callable[[], T]) -> T:
+    """fn() (the reads of one item of `video_id`); any failure to read becomes a StoreError
+    naming the video's shard, so the stage stops with one line, not a traceback."""
+    try:
+        return fn()
+    except StoreError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the item boundary: a failed read is the shard's
+        shard = (store.info(video_id).get("shard") or "?") if video_id in store else "?"
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise StoreError(f"{store.root / shard}: cannot read the features of {video_id} "
+                         f"({type(e).__name__}: {first}); the shard is damaged: re-run "
+                         "extract") from None
+
+
+def one_line(e: BaseException) -> str:
+    """The message of `e`; for an exception re-raised from a DataLoader worker (whose message
+    is the worker's whole traceback) the original exception's message only."""
+    text = str(e)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    name, sep, msg = last.partition(": ")
+    return msg if sep and name.split(".")[-1] == type(e).__name__ else last
+
+
+def checked_batches(loader: Iterable[T]) -> Iterator[T]:
+    """Iterates `loader`; a StoreError from a worker process comes out as one line."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except StoreError as e:
+            raise type(e)(one_line(e)) from None
+        yield batch
 
 
 def pooled_rows(store: FeatureStore, video_id: str, feature: str, first: int, last: int
@@ -61,6 +106,9 @@ class PretrainVideos(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict:
+        return read_item(self.store, self.ids[i], lambda: self._item(i))
+
+    def _item(self, i: int) -> dict:
         vid = self.ids[i]
         total = self.store.info(vid)["n_logmel"]
         rng = np.random.default_rng([self.seed, self.epoch, i])
@@ -119,6 +167,9 @@ class AnnotatedClips(Dataset):
         return len(self.clips)
 
     def __getitem__(self, i: int) -> dict:
+        return read_item(self.store, self.clips[i].video_id, lambda: self._item(i))
+
+    def _item(self, i: int) -> dict:
         c = self.clips[i]
         a0, a1 = int(round(c.start_s * 100)), int(round(c.end_s * 100))
         spec = self.store.read(c.video_id, "logmel", a0, a1).astype(np.float32)

@@ -219,7 +219,9 @@ class ClusterParams:
 
     def __post_init__(self) -> None:
         a = self.scheduler_address
-        if a is not None and not re.fullmatch(r"(tcp|tls|ucx|ws|wss)://\[?[\w.:-]+\]?:\d{1,5}", a):
+        if a is not None and not (
+                re.fullmatch(r"(tcp|tls|ucx|ws|wss)://\[?[\w.:-]+\]?:\d{1,5}", a)
+                or re.fullmatch(r"inproc://\S+", a)):   # inproc: a cluster in this process
             _fail("scheduler_address", f"expected tcp://HOST:PORT (or tls://...), got {a!r}")
 
 
@@ -424,12 +426,14 @@ class EvaluateParams:
         ["demo"], "datasets evaluated (each needs its features)")
     settings: list[Literal["zero_shot", "fine_tuned"]] = param(
         ["zero_shot", "fine_tuned"], "zero_shot: stage train's model; fine_tuned: "
-                                     "finetune@<dataset>'s (skipped with a warning if absent)")
+                                     "finetune@<dataset>'s (see allow_missing)")
     batch: int = param(64, "clips embedded per forward", ge=1, le=65536)
     examples: int = param(5, "queries shown in the qualitative page", ge=0, le=1000)
     device: Literal["auto", "cpu", "cuda"] = param("auto", "CUDA when present, else the CPU")
     allow_missing: bool = param(False, "skip a setting whose checkpoint is missing with a "
                                        "warning (false: that is an error)")
+    verify: Literal["sha256", "size"] = param("sha256", "how evaluation checks the feature "
+                                                        "shards before reading them")
 
 
 @dataclasses.dataclass(frozen=True)

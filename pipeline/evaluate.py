@@ -13,23 +13,26 @@ import html
 import io
 import json
 import logging
+import os
 import subprocess
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
 from pipeline.avdata import AnnotatedClips
-from pipeline.config import ModelParams, from_dict
+from pipeline.config import ModelParams, ParamsError, from_dict
+from pipeline.ledger import read_availability
 from pipeline.manifest import write_json_atomic
 from pipeline.metrics import KS, chance, metrics_from_ranks, ranks_from_embeddings
-from pipeline.runs import collate_clips, load_clips, provenance
+from pipeline.runs import collate_clips, load_clips, provenance, verify_features
+from pipeline.safety import UserError
 from pipeline.sampling import CLIP_FRAMES, EVAL_SPLIT
-from pipeline.sources import sha256_file
 from pipeline.store import FeatureStore
-from pipeline.train import build_model, embed
+from pipeline.train import CheckpointError, build_model, embed, load_checkpoint, \
+    load_model_state
 
 log = logging.getLogger(__name__)
 
@@ -53,26 +56,71 @@ PAPER = {
 CURVE_K = 50
 
 
-class EvaluateError(RuntimeError):
-    """No checkpoint to evaluate, or no clip with features."""
+class EvaluateError(UserError):
+    """A missing or damaged checkpoint, no clip with features, an unwritable report folder."""
 
 
 def load_model(path: Path, device: torch.device):
-    """A checkpoint (train.py's final.pt) -> (AVLnet in eval mode, checkpoint dict)."""
-    state = torch.load(path, map_location=device, weights_only=False)
-    model = build_model(from_dict(ModelParams, state["config"]))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), state
+    """A checkpoint (train.py's final.pt), checked against the sha256 recorded beside it ->
+    (AVLnet in eval mode, checkpoint dict, sha256). EvaluateError in one line naming the file
+    when it is damaged or not a model."""
+    try:
+        state, sha = load_checkpoint(path)
+        model = build_model(from_dict(ModelParams, state["config"]))
+    except CheckpointError as e:
+        raise EvaluateError(str(e)) from None
+    except (KeyError, TypeError, ParamsError) as e:
+        raise EvaluateError(f"{path}: not a model checkpoint of this pipeline (its config: "
+                            f"{e})") from None
+    load_model_state(model, state, path, state["config"], EvaluateError)
+    return model.to(device).eval(), state, sha
+
+
+def _check_writable(folder: Path) -> None:
+    """EvaluateError naming `folder` (or its nearest existing parent) when reports cannot be
+    written there: checked before any work, so a failure never leaves half a report."""
+    p = Path(folder)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not os.access(p, os.W_OK):
+        raise EvaluateError(f"{p}: not writable (read-only file system or permissions); point "
+                            "--out at a writable folder")
+
+
+def _write_text_atomic(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def evaluate(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict[str, Path],
              out_dir: Path, *, availability: Path | None = None, videos_root: Path | None = None,
-             batch: int = 64, examples: int = 5, device: str = "cpu",
-             clip_frames: int = 0) -> dict:
-    """Scores every setting whose checkpoint exists; writes the four reports -> metrics."""
+             videos_dir: Path | None = None, batch: int = 64, examples: int = 5,
+             device: str = "cpu", clip_frames: int = 0, allow_missing: bool = False,
+             verify: str = "sha256") -> dict:
+    """Scores every setting's checkpoint; writes the four reports -> metrics.
+
+    A setting whose checkpoint is missing is an EvaluateError (nothing written) unless
+    allow_missing (then a warning and the reports without it). availability (the ledger) is
+    read through pipeline.ledger.read_availability: with videos_root and videos_dir its paths
+    must stay inside videos_dir. verify: how the feature shards are checked (FeatureStore)."""
     dev = torch.device(device if device != "auto" else
                        ("cuda" if torch.cuda.is_available() else "cpu"))
-    store = FeatureStore(features)
+    present = {s: p for s, p in checkpoints.items() if p is not None and p.is_file()}
+    missing = {s: p for s, p in checkpoints.items() if s not in present}
+    if missing and not allow_missing:
+        raise EvaluateError(f"{dataset}: no checkpoint for "
+                            + ", ".join(f"{s} ({p})" for s, p in missing.items())
+                            + "; run its stage first, or set evaluate.allow_missing: true to "
+                            "report without it")
+    for s, p in missing.items():
+        log.warning("%s: no checkpoint for setting %s (%s): not evaluated", dataset, s, p)
+    if not present:
+        raise EvaluateError(f"no checkpoint found among {checkpoints}")
+    _check_writable(out_dir)
+    ledger = (read_availability(availability, videos_root, videos_dir)
+              if availability is not None else None)
+    store = FeatureStore(features, verify=verify)
     split = EVAL_SPLIT[dataset]
     clips = load_clips(manifest_dir, split)
     if not clips:
@@ -80,29 +128,24 @@ def evaluate(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict
     ds = AnnotatedClips(store, clips, clip_frames or CLIP_FRAMES[dataset])
     if not len(ds):
         raise EvaluateError(f"none of the {len(clips)} {dataset} {split} clips has features")
-    present = {s: p for s, p in checkpoints.items() if p is not None and p.is_file()}
-    for s, p in checkpoints.items():
-        if s not in present:
-            log.warning("%s: no checkpoint for setting %s (%s): not evaluated", dataset, s, p)
-    if not present:
-        raise EvaluateError(f"no checkpoint found among {checkpoints}")
-    audit = _audit_date(availability)
+    verify_features(store, {c.video_id for c in ds.clips})
+    models = {s: load_model(p, dev) for s, p in present.items()}   # all checked before work
     prov = provenance(dataset, split, store, manifest_dir, clips_official=len(clips),
-                      clips_present=len(ds), clips_missing=len(ds.missing), audit=audit)
+                      clips_present=len(ds), clips_missing=len(ds.missing),
+                      audit=_audit_date(ledger))
     loader = DataLoader(ds, batch_size=batch, collate_fn=collate_clips)
     results, curves, examples_html = {}, {}, []
     for setting, path in present.items():
-        model, state = load_model(path, dev)
+        model, state, sha = models[setting]
         a, v = embed(model, loader, dev)
         r_av = ranks_from_embeddings(a, v).numpy()       # each direction ranked once
         r_va = ranks_from_embeddings(v, a).numpy()
         m = metrics_from_ranks(r_av, r_va, n_official=len(clips))
-        results[setting] = {"metrics": m, "checkpoint": str(path),
-                            "checkpoint_sha256": sha256_file(path),
+        results[setting] = {"metrics": m, "checkpoint": str(path), "checkpoint_sha256": sha,
                             "trained_on": state.get("provenance", {})}
         curves[setting] = {"audio_to_video": _curve(r_av, len(clips)),
                            "video_to_audio": _curve(r_va, len(clips))}
-        examples_html.append(_examples(setting, ds, a, v, examples, availability, videos_root))
+        examples_html.append(_examples(setting, ds, a, v, examples, ledger, videos_root))
         log.info("%s %s: A->V R@1/5/10 %.3f/%.3f/%.3f, V->A %.3f/%.3f/%.3f (paper protocol, "
                  "%d of %d clips present)", dataset, setting,
                  *(m["paper"][f"audio_to_video_R@{k}"] for k in KS),
@@ -114,18 +157,17 @@ def evaluate(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict
     write_json_atomic({"dataset": dataset, "provenance": prov, "settings": results,
                        "chance": chance(len(clips))},
                       out_dir / dataset / "details.json")
-    (out_dir / f"{dataset}.md").write_text(markdown(dataset, results, prov))
+    _write_text_atomic(markdown(dataset, results, prov), out_dir / f"{dataset}.md")
     _plot_curves(dataset, curves, len(clips), out_dir / f"{dataset}.png")
-    (out_dir / f"{dataset}.html").write_text(_page(dataset, prov, examples_html))
+    _write_text_atomic(_page(dataset, prov, examples_html), out_dir / f"{dataset}.html")
     return flat
 
 
-def _audit_date(availability: Path | None) -> str | None:
+def _audit_date(ledger: pa.Table | None) -> str | None:
     """When the ledger last checked a video (the audit the numbers rest on)."""
-    if availability is None or not availability.is_file():
+    if ledger is None:
         return None
-    col = pq.read_table(availability, columns=["last_checked"]).column("last_checked")
-    vals = [t for t in col.to_pylist() if t is not None]
+    vals = [t for t in ledger.column("last_checked").to_pylist() if t is not None]
     return max(vals).isoformat() if vals else None
 
 
@@ -198,8 +240,10 @@ def _plot_curves(dataset: str, curves: dict, n: int, out: Path) -> None:
     ax.set_title(f"{dataset}: {n} clips")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp)
     plt.close(fig)
+    os.replace(tmp, out)
 
 
 def _png(fig) -> str:
@@ -225,14 +269,14 @@ def _frame(video_path: Path | None, t: float) -> str | None:
 
 
 def _examples(setting: str, ds: AnnotatedClips, a: torch.Tensor, v: torch.Tensor, n: int,
-              availability: Path | None, videos_root: Path | None) -> str:
+              ledger: pa.Table | None, videos_root: Path | None) -> str:
     """A->V examples: the query's spectrogram and its top-5 clips' centre frames."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     paths = {}
-    if availability is not None and availability.is_file():
-        for r in pq.read_table(availability, columns=["video_id", "path"]).to_pylist():
+    if ledger is not None:
+        for r in ledger.select(["video_id", "path"]).to_pylist():
             if r["path"]:
                 paths[r["video_id"]] = (videos_root or Path(".")) / r["path"]
     picks = np.linspace(0, len(ds) - 1, num=min(n, len(ds))).round().astype(int)

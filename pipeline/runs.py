@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
@@ -24,10 +25,27 @@ def provenance(dataset: str, split: str, store: FeatureStore, manifest_dir: Path
                **extra) -> dict:
     """What a model was trained or evaluated on: dataset, split, its clip checksum, the
     feature recipe hash."""
-    m = json.loads((manifest_dir / "manifest.json").read_text())
+    path = manifest_dir / "manifest.json"
+    try:
+        m = json.loads(path.read_text())
+        if not isinstance(m, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        raise TrainError(f"{path}: not found; run the manifest stage for {dataset} "
+                         "first") from None
+    except (OSError, ValueError) as e:
+        raise TrainError(f"{path}: unreadable ({e}); run the manifest stage for {dataset} "
+                         "again") from None
     checksum = m.get("splits", {}).get(split, {}).get("clip_checksum")
     return {"dataset": dataset, "split": split, "split_checksum": checksum,
             "recipe_sha256": recipe_sha256(store.recipe) if store.recipe else None, **extra}
+
+
+def verify_features(store: FeatureStore, video_ids: Iterable[str]) -> None:
+    """Checks the shards of `video_ids` once, here, before the run folder is touched and
+    before loader workers fork (StoreError naming the first bad shard)."""
+    n = store.verify_shards(video_ids)
+    log.info("%s: %d shard(s) checked (verify: %s)", store.root, n, store.verify)
 
 
 def load_clips(manifest_dir: Path, split: str) -> list[ClipRef]:
@@ -39,7 +57,7 @@ def load_clips(manifest_dir: Path, split: str) -> list[ClipRef]:
 def pretrain(dataset: str, features: Path, manifest_dir: Path, out: Path, p: TrainParams
              ) -> dict:
     """Pretrains on random windows of the train-split videos with features (status ok)."""
-    store = FeatureStore(features)
+    store = FeatureStore(features, verify=p.verify)
     split = TRAIN_SPLIT[dataset]
     listed = [r["video_id"] for r in read_videos(manifest_dir / "videos.parquet").to_pylist()
               if split in r["split"].split(",")]
@@ -50,6 +68,7 @@ def pretrain(dataset: str, features: Path, manifest_dir: Path, out: Path, p: Tra
     if len(ids) < p.videos_per_batch:
         raise TrainError(f"{len(ids)} usable {dataset} videos cannot fill one batch of "
                          f"train.videos_per_batch = {p.videos_per_batch}")
+    verify_features(store, ids)
     prov = provenance(dataset, split, store, manifest_dir, videos=len(ids),
                       videos_missing=len(listed) - len(ids), features_sha256=store.digest(ids))
     ds = PretrainVideos(store, ids, p.clips_per_video, p.seed, window_frames=100 * p.window_s)
@@ -67,7 +86,7 @@ def collate_clips(items: list[dict]) -> dict:
 def finetune(dataset: str, features: Path, manifest_dir: Path, init: Path | None, out: Path,
              tp: TrainParams, p: FinetuneParams) -> dict:
     """Fine-tunes (or trains from scratch with init None) on the annotated train clips."""
-    store = FeatureStore(features)
+    store = FeatureStore(features, verify=tp.verify)
     split = TRAIN_SPLIT[dataset]
     clips = load_clips(manifest_dir, split)
     ds = AnnotatedClips(store, clips, p.clip_frames or CLIP_FRAMES[dataset])
@@ -80,6 +99,7 @@ def finetune(dataset: str, features: Path, manifest_dir: Path, init: Path | None
     if batch < p.batch:
         log.warning("%s: %d usable clips, fewer than finetune.batch = %d: batches of %d",
                     dataset, len(ds), p.batch, batch)
+    verify_features(store, {c.video_id for c in ds.clips})
     prov = provenance(dataset, split, store, manifest_dir, clips=len(ds),
                       clips_missing=len(ds.missing), init=str(init) if init else None,
                       bn_mode=p.bn_mode,

@@ -4,9 +4,17 @@ atomic self-describing checkpoints, and a resume that continues exactly where a 
 Determinism: batch composition depends only on (seed, epoch) and every item only on (seed,
 epoch, index) (pipeline/avdata.py), so a run resumed from a mid-epoch checkpoint sees the same
 batches as an uninterrupted one; with the optimizer state restored it reaches the same
-parameters (bit for bit on the CPU)."""
+parameters (bit for bit on the CPU).
+
+Checkpoints are never trusted unchecked and never deleted: every file is written under a
+temporary name, its sha256 recorded in the run folder's checksums.json before the rename, and
+the previous checkpoint kept as checkpoint.prev.pt. On resume a checkpoint whose bytes do not
+match the record (or that does not load) is moved to stale/ and the run resumes from the
+previous good one, or starts over with a warning when none is good."""
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import os
@@ -25,16 +33,27 @@ from tqdm import tqdm
 
 from models.avlnet import AVLnet
 from models.losses import LOSSES
+from pipeline.avdata import checked_batches
 from pipeline.config import ModelParams, TrainParams, to_dict
+from pipeline.safety import UserError, check_free_space, move_aside
 from pipeline.sources import sha256_file
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.pt"          # the latest (model, optimizer, RNG, position in the run)
+PREVIOUS = "checkpoint.prev.pt"       # the one before it: the fall-back when the latest is bad
+FINAL = "final.pt"                    # the trained model (what finetune and evaluate read)
+CHECKSUMS = "checksums.json"          # {"files": {name: {sha256, bytes, global_step}}, "retired"}
+# the settings that shape the state_dict: a checkpoint differing in one cannot be loaded
+ARCHITECTURE = ("embed_dim", "head", "audio_widths", "video_norm")
 
 
-class TrainError(RuntimeError):
+class TrainError(UserError):
     """A run that cannot start: incompatible checkpoint, no data, a bad device."""
+
+
+class CheckpointError(TrainError):
+    """A checkpoint whose bytes differ from its recorded sha256, or that does not load."""
 
 
 def build_model(m: ModelParams) -> AVLnet:
@@ -59,14 +78,202 @@ def epoch_batches(n_items: int, per_batch: int, seed: int, epoch: int) -> list[l
     return [order[i:i + per_batch] for i in range(0, n_items - per_batch + 1, per_batch)]
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary name, fsync, rename: a kill never leaves half a checkpoint."""
+def read_checksums(run_dir: Path) -> dict | None:
+    """The run folder's checksums.json, or None when there is none (or it is unreadable: then
+    the checkpoints are checked by loading them, with a warning)."""
+    path = Path(run_dir) / CHECKSUMS
+    if not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+        if not isinstance(rec, dict) or not isinstance(rec.get("files"), dict):
+            raise ValueError("not a checksum record")
+        return rec
+    except (OSError, ValueError) as e:
+        log.warning("%s: unreadable (%s); checking the checkpoints by loading them", path, e)
+        return None
+
+
+def _known(rec: dict | None) -> set[str] | None:
+    """Every sha256 the record vouches for (names move when checkpoints rotate, so a kill
+    between writing the record and the renames leaves each good file under a known hash)."""
+    if rec is None:
+        return None
+    entries = list(rec["files"].values()) + list(rec.get("retired", []))
+    return {e.get("sha256") for e in entries if isinstance(e, dict)}
+
+
+def _write_checksums(run_dir: Path, rec: dict) -> None:
+    """checksums.json atomically and durably (it must reach the disk before the renames)."""
+    path = run_dir / CHECKSUMS
     tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(rec, indent=1, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(tmp)) from None
     os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, known: set[str] | None | bool = True
+                    ) -> tuple[dict, str]:
+    """A checkpoint checked against its recorded sha256, loaded on the CPU -> (state, sha256).
+
+    known: the hashes to accept; True reads them from checksums.json beside the file; None
+    (no record: a checkpoint from before checksums, or copied alone) accepts any file that
+    loads. CheckpointError (one line naming the file) when the bytes differ or it does not
+    load."""
+    path = Path(path)
+    if known is True:
+        known = _known(read_checksums(path.parent))
+    sha = sha256_file(path)
+    if known is not None and sha not in known:
+        raise CheckpointError(f"{path}: sha256 {sha[:16]}... differs from the one recorded in "
+                              f"{path.parent / CHECKSUMS} (truncated or overwritten)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or "model" not in state:
+            raise ValueError("no model state in it")
+    except Exception as e:  # noqa: BLE001 - any file that does not load is a bad checkpoint
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: "
+                              f"{first})") from None
+    return state, sha
+
+
+def load_model_state(model: nn.Module, state: dict, path: Path, config: dict | None = None,
+                     error: type[Exception] = TrainError) -> None:
+    """Loads state['model'] (or a bare state_dict) into `model`, built from `config` (the
+    train.model settings); a checkpoint of another architecture is `error` in one line naming
+    the file and the settings (or state_dict keys) that differ."""
+    theirs = state.get("config") or {}
+    ours = config or {}
+    differ = [f"{k} {theirs[k]!r} (here {ours[k]!r})" for k in ARCHITECTURE
+              if k in theirs and k in ours and theirs[k] != ours[k]]
+    sd = state["model"] if "model" in state else state
+    if not differ:
+        try:
+            model.load_state_dict(sd)
+            return
+        except RuntimeError:
+            mine = model.state_dict()
+            differ = [k for k in sorted(set(mine) | set(sd))
+                      if k not in mine or k not in sd or tuple(mine[k].shape)
+                      != tuple(getattr(sd[k], "shape", ()))]
+            differ = differ[:6] + ([f"... {len(differ) - 6} more"] if len(differ) > 6 else [])
+    raise error(f"{path}: a checkpoint of another model ({'; '.join(differ)}); use the "
+                "train.model settings it was trained with, or retrain it")
+
+
+class RunFiles:
+    """The checkpoints of a run folder: written atomically with their sha256 recorded first,
+    the previous one kept as a fall-back, bad ones moved aside (pipeline.safety.move_aside)."""
+
+    def __init__(self, run_dir: Path, min_free_gb: float):
+        self.dir, self.min_free_gb = Path(run_dir), min_free_gb
+        rec = read_checksums(self.dir)
+        self.files: dict[str, dict] = dict(rec["files"]) if rec else {}
+
+    def check_space(self, need_bytes: int) -> None:
+        check_free_space(self.dir, self.min_free_gb, "train.min_free_gb", need_bytes=need_bytes)
+
+    def resume(self) -> dict | None:
+        """The newest good checkpoint's state (checkpoint.pt, else checkpoint.prev.pt), None
+        when there is none. Bad ones are moved to stale/; the record is made to match the files
+        that stay."""
+        rec = read_checksums(self.dir)
+        known = _known(rec)
+        chosen, bad, good = None, [], {}
+        for name in (CHECKPOINT, PREVIOUS):
+            path = self.dir / name
+            if not path.is_file():
+                continue
+            try:
+                if chosen is None:
+                    chosen, sha = load_checkpoint(path, known)
+                    step = chosen.get("global_step")
+                else:          # the fall-back is only hashed: loading it would cost memory
+                    sha = sha256_file(path)
+                    if known is not None and sha not in known:
+                        raise CheckpointError(f"{path}: sha256 differs from the one recorded "
+                                              f"in {self.dir / CHECKSUMS}")
+                    step = next((e.get("global_step") for e in rec["files"].values()
+                                 if isinstance(e, dict) and e.get("sha256") == sha),
+                                None) if rec else None
+            except CheckpointError as e:
+                log.warning("%s", e)
+                bad.append(path)
+                continue
+            good[name] = {"sha256": sha, "bytes": path.stat().st_size, "global_step": step}
+        if bad:
+            fresh = chosen is None
+            if fresh and (self.dir / "log.jsonl").is_file():
+                bad.append(self.dir / "log.jsonl")      # its steps will be logged anew
+            move_aside(bad, self.dir, "checkpoint(s) whose bytes differ from checksums.json "
+                       "or that do not load (truncated, overwritten)")
+            if fresh:
+                log.warning("%s: no good checkpoint left: starting this run over", self.dir)
+            elif PREVIOUS in good and CHECKPOINT not in good:
+                log.warning("%s: resuming from the previous checkpoint %s", self.dir, PREVIOUS)
+        files = {**good, **({FINAL: self.files[FINAL]} if FINAL in self.files
+                            and (self.dir / FINAL).is_file() else {})}
+        if (rec is None and files) or (rec is not None and files != rec["files"]):
+            self._record(files, [])
+        self.files = files
+        return chosen
+
+    def move_run_aside(self, why: str) -> None:
+        """Moves every file of the run (checkpoints, log, plot, final model, summary, record)
+        to stale/: the run starts over."""
+        names = (CHECKPOINT, PREVIOUS, FINAL, CHECKSUMS, "log.jsonl", "loss.png", "summary.json")
+        move_aside([self.dir / n for n in names if (self.dir / n).is_file()], self.dir, why)
+        self.files = {}
+
+    def save(self, name: str, state: dict) -> None:
+        """Writes `state` as `name` (CHECKPOINT rotates the current one to PREVIOUS): bytes to
+        name.part, fsync, record its sha256, then rename. A free-space shortfall stops before
+        anything is touched (DiskSpaceError)."""
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data = buf.getbuffer()
+        self.check_space(len(data))
+        entry = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+                 "global_step": state.get("global_step")}
+        path = self.dir / name
+        tmp = path.with_name(name + ".part")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            tmp.unlink(missing_ok=True)                  # ours and incomplete
+            raise OSError(e.errno, e.strerror, str(tmp)) from None
+        files, retired = dict(self.files), []
+        rotate = name == CHECKPOINT and path.is_file() and CHECKPOINT in files
+        if rotate:
+            retired = [files[PREVIOUS]] if PREVIOUS in files else []
+            files[PREVIOUS] = files[CHECKPOINT]
+        files[name] = entry
+        self._record(files, retired)
+        if rotate:
+            os.replace(path, self.dir / PREVIOUS)
+        os.replace(tmp, path)
+        _fsync_dir(self.dir)
+        self.files = files
+
+    def _record(self, files: dict, retired: list) -> None:
+        _write_checksums(self.dir, {"files": files, "retired": retired})
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _rng_state() -> dict:
@@ -137,11 +344,15 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
     the reference's fine-tuning behaviour. stop_after_steps: stop (after checkpointing) once
     that many steps ran in this call (tests: a run cut short). A checkpoint in `run_dir` is
     resumed when it was made with the same settings (`epochs` may grow); with other settings
-    the run starts over when restart_on_change (stages: DVC keeps the old run in its cache),
-    else TrainError."""
+    the run starts over when restart_on_change (the old run's files moved to stale/), else
+    TrainError. init_from is checked (sha256, architecture) before anything is moved; the free
+    space under run_dir must stay above p.min_free_gb with a checkpoint more (DiskSpaceError,
+    the last good checkpoint kept)."""
     d = setup_distributed(p.device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = run_dir / CHECKPOINT
+    if d.main and not os.access(run_dir, os.W_OK):
+        raise TrainError(f"{run_dir}: the run folder is not writable (read-only file system or "
+                         "permissions); point --out at a writable folder")
     torch.manual_seed(p.seed)
     np.random.seed(p.seed)
     random.seed(p.seed)
@@ -150,28 +361,43 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
                            weight_decay=0.0)
     epoch, step_in_epoch, global_step = 0, 0, 0
+    init_state, init_sha = None, None
+    if init_from is not None:
+        # checked (and shown to fit this model) before anything in run_dir is moved aside
+        try:
+            init_state, init_sha = load_checkpoint(init_from)
+        except FileNotFoundError:
+            raise TrainError(f"{init_from}: not found") from None
+        load_model_state(model, init_state, init_from, to_dict(p.model))
     run_key = {"model": to_dict(p.model), "seed": p.seed, "precision": p.precision,
                "items_per_batch": items_per_batch, "lr": lr, "lr_decay": lr_decay,
-               "bn_frozen": bn_frozen,
-               "init_sha256": sha256_file(init_from) if init_from is not None else None,
+               "bn_frozen": bn_frozen, "init_sha256": init_sha,
                "dataset_items": len(dataset),
                # what the data is, not only how much: a run on changed features starts over
                "data": {k: (provenance or {}).get(k) for k in ("dataset", "split",
                                                                "split_checksum",
                                                                "features_sha256")}}
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=d.device, weights_only=False)
-        if state.get("run_key") != run_key:
-            changed = sorted(k for k in run_key
-                             if (state.get("run_key") or {}).get(k) != run_key[k])
-            if not restart_on_change:
-                raise TrainError(f"{ckpt_path} was written with other settings ({', '.join(changed)}"
-                                 f" differ): use another run folder or delete it")
-            log.warning("%s: settings changed (%s): starting this run over", run_dir,
-                        ", ".join(changed))
-            for name in (CHECKPOINT, "log.jsonl", "loss.png", "final.pt", "summary.json"):
-                (run_dir / name).unlink(missing_ok=True)
-    if ckpt_path.exists():
+    files = RunFiles(run_dir, p.min_free_gb)
+    state = files.resume() if d.main else None
+    if d.world > 1:
+        dist.barrier()                      # rank 0 has moved bad checkpoints aside
+        if not d.main:
+            state = next((load_checkpoint(run_dir / n)[0] for n in (CHECKPOINT, PREVIOUS)
+                          if (run_dir / n).is_file()), None)
+        dist.barrier()                      # every rank has read it before rank 0 moves any
+    if state is not None and state.get("run_key") != run_key:
+        changed = sorted(k for k in run_key if (state.get("run_key") or {}).get(k) != run_key[k])
+        if not restart_on_change:
+            raise TrainError(f"{run_dir / CHECKPOINT} was written with other settings "
+                             f"({', '.join(changed)} differ): use another run folder or move "
+                             "this one away")
+        log.warning("%s: settings changed (%s): starting this run over", run_dir,
+                    ", ".join(changed))
+        if d.main:
+            files.move_run_aside(f"settings changed ({', '.join(changed)}): the run started "
+                                 "over")
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         epoch, step_in_epoch, global_step = (state["epoch"], state["step_in_epoch"],
@@ -180,10 +406,14 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
         if d.main:
             _trim_log(run_dir / "log.jsonl", global_step)
         log.info("resuming %s at epoch %d step %d", run_dir, epoch, step_in_epoch)
-    elif init_from is not None:
-        state = torch.load(init_from, map_location=d.device, weights_only=False)
-        model.load_state_dict(state["model"] if "model" in state else state)
+    elif init_state is not None:
         log.info("initialised from %s", init_from)
+    del init_state
+    if d.main:
+        # a checkpoint must fit before the first step is spent (model, optimizer: ~3x weights)
+        files.check_space((files.files.get(CHECKPOINT) or {}).get("bytes")
+                          or 3 * sum(t.numel() * t.element_size()
+                                     for t in model.state_dict().values()))
     net: nn.Module = model
     if d.world > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -205,7 +435,7 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
 
     def checkpoint(e: int, s: int) -> None:
         if d.main:
-            save_checkpoint(ckpt_path, {
+            files.save(CHECKPOINT, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": e,
                 "step_in_epoch": s, "global_step": global_step, "rng": _rng_state(),
                 "run_key": run_key, "config": to_dict(p.model), "params": to_dict(p),
@@ -230,7 +460,7 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
                         m.eval()
             model.masked_pooling = bn_frozen
             t_wait = time.perf_counter()
-            for batch in loader:
+            for batch in checked_batches(loader):
                 t0 = time.perf_counter()
                 wait = t0 - t_wait
                 spec, nframes, video = (batch["spec"].to(d.device, non_blocking=True),
@@ -260,7 +490,8 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
                     on_step(last)
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.3f}", refresh=False)
-                if global_step % p.checkpoint_every == 0:
+                # (not at the epoch's last step: the epoch-end checkpoint follows at once)
+                if global_step % p.checkpoint_every == 0 and step_in_epoch < len(batches):
                     checkpoint(epoch, step_in_epoch)
                 if stop_after_steps is not None and ran >= stop_after_steps:
                     checkpoint(epoch, step_in_epoch)
@@ -269,16 +500,19 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
             checkpoint(epoch, 0)
             if d.main:
                 plot_loss(run_dir / "log.jsonl", run_dir / "loss.png")
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        # a failed write() names no file (a full disk under log.jsonl, say): name the folder
+        raise OSError(e.errno, e.strerror, str(run_dir)) from None
     finally:
         bar.close()
         if log_file is not None:
             log_file.close()
     if d.main:
-        save_checkpoint(run_dir / "final.pt", {"model": model.state_dict(),
-                                                "config": to_dict(p.model),
-                                                "params": to_dict(p), "bn_frozen": bn_frozen,
-                                                "provenance": provenance or {},
-                                                "global_step": global_step})
+        files.save(FINAL, {"model": model.state_dict(), "config": to_dict(p.model),
+                           "params": to_dict(p), "bn_frozen": bn_frozen,
+                           "provenance": provenance or {}, "global_step": global_step})
     return {"steps": global_step, "epochs": epochs, **last}
 
 
@@ -342,7 +576,7 @@ def embed(model: AVLnet, loader: DataLoader, device: torch.device
     model.masked_pooling = None
     outs_a, outs_v = [], []
     with torch.inference_mode():
-        for b in loader:
+        for b in checked_batches(loader):
             a, v = model(b["spec"].to(device), b["nframes"].to(device), b["video"].to(device))
             outs_a.append(a.float().cpu())
             outs_v.append(v.float().cpu())

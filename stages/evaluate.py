@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
                  "fine_tuned": args.models / f"finetune-{ds}" / "final.pt"}
         evaluate(ds, args.features, args.manifest, {s: where[s] for s in p.settings}, args.out,
                  availability=args.manifest / "availability.parquet", videos_root=Path.cwd(),
-                 batch=p.batch, examples=p.examples, device=p.device,
+                 videos_dir=Path("data/videos", ds), batch=p.batch, examples=p.examples,
+                 device=p.device, allow_missing=p.allow_missing, verify=p.verify,
                  clip_frames=params.finetune.clip_frames)   # the length it was fine-tuned on
         log.info("%s: reports in %s/%s.{json,md,png,html}", ds, args.out, ds)
         return 0
