@@ -14,6 +14,7 @@ import torch
 from pipeline.avdata import AnnotatedClips, ClipRef, PretrainVideos, collate_videos
 from pipeline.config import FinetuneParams, TrainParams
 from pipeline.manifest import read_clips, read_videos, write_json_atomic
+from pipeline.safety import writer_lock
 from pipeline.sampling import CLIP_FRAMES, TRAIN_SPLIT
 from pipeline.store import FeatureStore, recipe_sha256
 from pipeline.train import TrainError, train
@@ -72,10 +73,11 @@ def pretrain(dataset: str, features: Path, manifest_dir: Path, out: Path, p: Tra
     prov = provenance(dataset, split, store, manifest_dir, videos=len(ids),
                       videos_missing=len(listed) - len(ids), features_sha256=store.digest(ids))
     ds = PretrainVideos(store, ids, p.clips_per_video, p.seed, window_frames=100 * p.window_s)
-    summary = train(out, ds, collate_videos, p, items_per_batch=p.videos_per_batch,
-                    epochs=p.epochs, lr=p.lr, lr_decay=p.lr_decay, provenance=prov,
-                    restart_on_change=True)
-    write_json_atomic({**summary, "provenance": prov}, out / "summary.json")
+    with writer_lock(out, f"train ({dataset})"):    # one run per run folder at a time
+        summary = train(out, ds, collate_videos, p, items_per_batch=p.videos_per_batch,
+                        epochs=p.epochs, lr=p.lr, lr_decay=p.lr_decay, provenance=prov,
+                        restart_on_change=True)
+        write_json_atomic({**summary, "provenance": prov}, out / "summary.json")
     return summary
 
 
@@ -106,8 +108,10 @@ def finetune(dataset: str, features: Path, manifest_dir: Path, init: Path | None
                       features_sha256=store.digest({c.video_id for c in ds.clips}))
     # no per-epoch decay when fine-tuning (avlnet.md); the model config is pretraining's
     tp = dataclasses.replace(tp, seed=tp.seed + 1)
-    summary = train(out, ds, collate_clips, tp, items_per_batch=batch, epochs=p.epochs,
-                    lr=p.lr, lr_decay=1.0, init_from=init, bn_frozen=p.bn_mode == "frozen",
-                    provenance=prov, restart_on_change=True)
-    write_json_atomic({**summary, "provenance": prov}, out / "summary.json")
+    with writer_lock(out, f"finetune@{dataset}"):
+        summary = train(out, ds, collate_clips, tp, items_per_batch=batch, epochs=p.epochs,
+                        lr=p.lr, lr_decay=1.0, init_from=init,
+                        bn_frozen=p.bn_mode == "frozen", provenance=prov,
+                        restart_on_change=True)
+        write_json_atomic({**summary, "provenance": prov}, out / "summary.json")
     return summary

@@ -489,3 +489,17 @@ def test_read_only_output_folder_is_one_line(proj, read_only, stage, caplog):
         assert _evaluate(proj, _params(proj)) == 2
     one_error(caplog, out, "not writable")
     assert contents(out) == before
+
+
+def test_a_second_training_run_on_the_same_folder_stops_naming_the_first(proj, caplog):
+    from tests.test_safety import _holder
+    run = proj / "models/pretrain"
+    before = contents(run)
+    holder = _holder(run)
+    try:
+        assert _train(proj, _params(proj)) == 2
+        one_error(caplog, run, f"pid {holder.pid}")
+        assert contents(run) == before
+    finally:
+        holder.kill()
+        holder.wait()
