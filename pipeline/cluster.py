@@ -4,55 +4,104 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import socket
 import time
 from typing import Any, Callable, Iterator
 
 from pipeline.config import ClusterParams
+from pipeline.safety import UserError
 
 log = logging.getLogger(__name__)
 
+# schemes whose address is a TCP host:port we can probe before handing it to a Client
+_TCP_SCHEMES = ("tcp", "tls", "ws", "wss")
+_FIX = ("start it (dask scheduler) or set cluster.scheduler_address: null for a local "
+        "cluster")
 
-class ClusterError(RuntimeError):
-    """The configured scheduler cannot be reached."""
+
+class ClusterError(UserError):
+    """The configured scheduler address is malformed or cannot be reached: one line."""
+
+
+def check_address(address: str, timeout_s: float = 30.0) -> None:
+    """ClusterError unless `address` parses as a dask address with a host and a port and (for
+    TCP-based schemes) something accepts a connection there. Probing with a plain socket first
+    keeps a dead address to one clean line: a Client that fails half-way prints tracebacks of
+    its own when it is collected."""
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+
+    try:
+        scheme, loc = parse_address(address)
+        if scheme not in _TCP_SCHEMES:      # inproc, ucx: the Client itself tells
+            return
+        host, port = parse_host_port(loc)
+        if not host:
+            raise ValueError("no host")
+    except (ValueError, TypeError) as e:
+        raise ClusterError(f"cluster.scheduler_address {address!r} is not a scheduler address "
+                           f"like tcp://host:8786 ({e}); fix it in params.yaml, or set it to "
+                           "null for a local cluster") from None
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:    # refused, unreachable, unknown host, timeout
+        raise ClusterError(f"cannot reach the dask scheduler at {address} "
+                           f"({e.strerror or e or type(e).__name__}); {_FIX}") from None
 
 
 @contextlib.contextmanager
-def connect(p: ClusterParams, timeout_s: float = 30.0) -> Iterator[Any]:
+def connect(p: ClusterParams, timeout_s: float = 30.0,
+            allowed_failures: int | None = None) -> Iterator[Any]:
     """A Client on `p.scheduler_address`, or on a LocalCluster with p.workers x
     p.threads_per_worker threads (closed on exit). Workers of an existing cluster must be able
-    to import this project (same code on PYTHONPATH, same working directory layout)."""
+    to import this project (same code on PYTHONPATH, same working directory layout).
+
+    allowed_failures: how many times a LocalCluster's scheduler re-runs a task whose worker
+    died (dask's default is 3: four tries); an exception raised by a task is never re-run."""
+    import dask
     from distributed import Client, LocalCluster
 
     for name in ("distributed", "distributed.worker", "distributed.scheduler",
                  "distributed.nanny", "distributed.core", "distributed.http.proxy"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
     if p.scheduler_address:
+        check_address(p.scheduler_address, timeout_s)
         try:
             client = Client(p.scheduler_address, timeout=timeout_s)
-        except (OSError, TimeoutError) as e:
+        except Exception as e:  # noqa: BLE001 - any failure to join is the address's
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise ClusterError(f"cannot reach the dask scheduler at {p.scheduler_address} "
-                               f"({e}); start it (dask scheduler) or set "
-                               "cluster.scheduler_address: null for a local cluster") from None
+                               f"({first}); {_FIX}") from None
         log.info("joined dask cluster %s (%d workers)", p.scheduler_address,
                  len(client.scheduler_info()["workers"]))
         with client:
             yield client
         return
-    with LocalCluster(n_workers=p.workers, threads_per_worker=p.threads_per_worker,
-                      processes=p.processes, dashboard_address=":0",  # any free port
-                      silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
+    config = ({} if allowed_failures is None
+              else {"distributed.scheduler.allowed-failures": allowed_failures})
+    with dask.config.set(config), \
+            LocalCluster(n_workers=p.workers, threads_per_worker=p.threads_per_worker,
+                         processes=p.processes, dashboard_address=":0",  # any free port
+                         silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
         log.info("dask LocalCluster: %d workers x %d threads (dashboard %s)", p.workers,
                  p.threads_per_worker, client.dashboard_link)
         yield client
 
 
 def follow(futures: list, events: collections.deque, handle: Callable[[dict], None],
-           tick: Callable[[], None] | None = None, poll_s: float = 0.2) -> list:
+           tick: Callable[[], None] | None = None, poll_s: float = 0.2,
+           fail_fast: bool = False) -> list:
     """Waits for `futures` while handing each worker event (appended to `events` by a topic
     subscription) to `handle` as it arrives, and calling `tick` between polls -> the futures'
-    results; an exception raised in a task is raised here."""
+    results; an exception raised in a task is raised here (with `fail_fast`, as soon as one
+    task fails, without waiting for the others)."""
     while True:
         finished = all(f.done() for f in futures)
+        failed = fail_fast and any(f.status == "error" for f in futures)
+        if failed:
+            while events:
+                handle(events.popleft())
+            next(f for f in futures if f.status == "error").result()   # raises the task's error
         if finished:
             time.sleep(0.3)  # events are batched: let the last ones arrive
         while events:

@@ -7,13 +7,22 @@ on a worker: the worker process loads both models once (one worker per GPU, or o
 CPU core), decoder threads run ffmpeg for the next videos while the models run (decode.py), frames
 and clips of several videos share each forward, and the shard is written by that task alone
 (store.ShardWriter). A killed run loses only its unfinished shards; the next run removes their
-.part files and does those videos again."""
+.part files and does those videos again.
+
+Finished work is never destroyed (issue 18): the driver validates the ledger (path-safe ids,
+paths inside the videos folder), resolves and loads both backbones' weights and takes the
+store's writer lock BEFORE it touches the store; a shard is replaced only when it is proven
+stale (another recipe) or bad (checksum, size or contents), and then moved to `stale/`, never
+deleted; a shard that cannot be read now (permissions, I/O, a lock) stops the run. Free space
+is checked before the run and before each video is written (HDF5 crashes the process, not
+raises, when a write hits a full disk)."""
 from __future__ import annotations
 
 import collections
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import os
@@ -23,6 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,10 +53,13 @@ from pipeline.ledger import AVAILABLE
 from pipeline.logmel import RECIPE as LOGMEL_RECIPE
 from pipeline.logmel import logmel
 from pipeline.manifest import write_json_atomic
-from pipeline.media import ProbeError
-from pipeline.store import (FAILED, OK, STATUSES, ShardWriter, VideoRecord, recipe_sha256, scan,
-                            shard_name, shard_number, write_index)
-from pipeline.weights import CLIP_MEAN, load_backbone, resolve_weights
+from pipeline.media import MediaAccessError, ProbeError
+from pipeline.safety import (DiskSpaceError, UserError, check_free_space, check_safe_id,
+                             free_bytes, move_aside, resolve_inside, writer_lock)
+from pipeline.store import (AV_MISMATCH, FAILED, OK, STATUSES, ShardWriter, VideoRecord,
+                            file_sha256, recipe_sha256, scan, shard_name, shard_number, sum_path,
+                            write_index, write_sum)
+from pipeline.weights import BACKBONES, CLIP_MEAN, load_backbone, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +67,16 @@ CLIP_LEN = 16                  # frames per 3D clip (features.md)
 SILENCE_PEAK = 1e-4            # |sample| below this everywhere (-80 dBFS): silent_audio
 TRUNCATED_SLACK = (1.0, 0.05)  # decoded duration below probed - max(1 s, 5 %): truncated
 MISSING = "media file missing"
+UNREADABLE = "media file unreadable"   # permissions, I/O, a special file: retried once readable
+STORE_BYTES_PER_S = 19.5e3     # store bytes per second of video (float16: 2D + 3D + log-Mel)
+HEADROOM = 1 << 20             # bytes kept free beyond each write's own size (HDF5 metadata)
 CODE_FILES = ("pipeline/decode.py", "pipeline/logmel.py", "pipeline/extract.py",
               "models/resnet2d.py", "models/resnext3d.py")
 
 
-class ExtractError(RuntimeError):
-    """An extraction run that cannot start or must stop (no weights, bad ledger, failures)."""
+class ExtractError(UserError):
+    """An extraction run that cannot start or must stop (no weights, bad ledger, nothing to
+    extract, too many failures, a worker that keeps dying): one line, exit 2."""
 
 
 # --------------------------------------------------------------------------- recipe
@@ -117,9 +134,11 @@ def build_recipe(p: ExtractParams, w2d: dict, w3d: dict) -> dict:
 
 
 def classify(p: dec.DecodePlan | None, n2d: int, n3d_frames: int, n_audio: int,
-             peak: float, error: str | None) -> tuple[str, list[str], str | None]:
+             peak: float, error: str | None, max_av_mismatch_s: float = math.inf
+             ) -> tuple[str, list[str], str | None]:
     """One video's outcome -> (status, every status that applies, message); store.STATUSES
-    gives the precedence. `p` is None when probing failed (then `error` says why)."""
+    gives the precedence. `p` is None when probing failed (then `error` says why). Decoded video
+    and audio lengths differing by more than `max_av_mismatch_s` flag av_length_mismatch."""
     if p is None:
         return "probe_error", ["probe_error"], error
     flags = []
@@ -142,6 +161,12 @@ def classify(p: dec.DecodePlan | None, n2d: int, n3d_frames: int, n_audio: int,
         flags.append("no_audio_stream")
     elif peak < SILENCE_PEAK:
         flags.append("silent_audio")
+    video_s, audio_s = n3d_frames / dec.FPS_3D, n_audio / dec.AUDIO_RATE
+    if n3d_frames and n_audio and abs(video_s - audio_s) > max_av_mismatch_s:
+        flags.append(AV_MISMATCH)
+        why = (f"video {video_s:.2f} s, audio {audio_s:.2f} s: they differ by more than "
+               f"extract.max_av_mismatch_s = {max_av_mismatch_s:g} s")
+        msg = f"{msg}; {why}" if msg else why
     flags = sorted(set(flags), key=STATUSES.index)
     return (flags[0] if flags else OK), flags, msg
 
@@ -335,6 +360,9 @@ def _decoder(todo: collections.deque, lock: threading.Lock, q: queue.Queue,
             continue
         try:
             p = dec.plan(Path(v.path))
+        except MediaAccessError as e:   # the machine's problem, not the media's: not final
+            put(("end", v, f"{UNREADABLE}: {e} (retried once it is a readable file)"))
+            continue
         except ProbeError as e:
             put(("end", v, str(e)))
             continue
@@ -353,11 +381,37 @@ def _decoder(todo: collections.deque, lock: threading.Lock, q: queue.Queue,
     put(("done", None, None))
 
 
+def _spool_room(v: _Video, p: dec.DecodePlan) -> None:
+    """DiskSpaceError when the temporary folder cannot hold the video's decoded audio (float32
+    at 16 kHz): a full /tmp is a one-line error, not a failed write in the middle of a shard."""
+    tmp = Path(tempfile.gettempdir())
+    need = int((p.duration_s or 0.0) * dec.AUDIO_RATE * 4) + HEADROOM
+    free = free_bytes(tmp)
+    if free < need:
+        raise DiskSpaceError(f"{tmp}: {free / 1e6:.1f} MB free in the temporary folder, "
+                             f"~{need / 1e6:.1f} MB needed for the decoded audio of "
+                             f"{v.video_id}; free space there (or point TMPDIR at a larger "
+                             "folder), then re-run: finished work is kept")
+
+
 def _assemble(parts: list, n: int, width: int, dtype: str) -> np.ndarray:
     out = np.zeros((n, width), dtype)
     for row, a in parts:
         out[row:row + len(a)] = a
     return out
+
+
+REFUSED = "__refused__"       # key of a shard task's result that carries a UserError
+
+
+def shard_task(job: ShardJob) -> dict:
+    """run_shard as a dask task. A UserError (a full disk, say) is handed back as the result
+    {REFUSED: error}, which the driver raises: raised in the task, dask would log it as a crash
+    with a traceback on the worker's stderr. Anything else is a bug and is raised."""
+    try:
+        return run_shard(job)
+    except UserError as e:
+        return {REFUSED: e}
 
 
 def run_shard(job: ShardJob, emit: Callable[[dict], None] | None = None) -> dict:
@@ -383,7 +437,13 @@ def run_shard(job: ShardJob, emit: Callable[[dict], None] | None = None) -> dict
     b3d = _Batches(p.batch_3d, models.forward_3d, "rows3d")
     waiting: list[_Video] = []                 # decoded, rows still in a batch
     counts: collections.Counter = collections.Counter()
-    path = Path(job.out_dir) / shard_name(job.shard, p.format)
+    out = Path(job.out_dir)
+    path = out / shard_name(job.shard, p.format)
+
+    def room(need: int) -> None:
+        # before every write: HDF5 does not raise when a write hits a full disk, it crashes the
+        # worker at close (and dask then re-runs the shard on a new worker, again and again)
+        check_free_space(out, p.min_free_gb, "extract.min_free_gb", need_bytes=need + HEADROOM)
 
     def finish(v: _Video, writer: ShardWriter) -> None:
         arrays = {}
@@ -397,15 +457,20 @@ def run_shard(job: ShardJob, emit: Callable[[dict], None] | None = None) -> dict
             arrays["logmel"] = logmel(wave).numpy().astype(p.dtype)
             del wave
             v.spool.close()
-        status, flags, msg = classify(v.plan, v.n2d, v.n3d_frames, v.n_audio, v.peak, v.error)
+        status, flags, msg = classify(v.plan, v.n2d, v.n3d_frames, v.n_audio, v.peak, v.error,
+                                      p.max_av_mismatch_s)
         pl = v.plan
+        video_s, audio_s = v.n3d_frames / dec.FPS_3D, v.n_audio / dec.AUDIO_RATE
         info = {"flags": ",".join(flags), "message": msg, "source_sha256": v.sha256,
                 "recipe_sha256": recipe_sha256(job.recipe),
                 "extract_s": time.monotonic() - v.t0,
-                "decoded_s": max(v.n3d_frames / dec.FPS_3D, v.n_audio / dec.AUDIO_RATE)}
+                "decoded_s": max(video_s, audio_s),
+                "video_s": video_s if pl is not None else None,
+                "audio_s": audio_s if pl is not None and pl.has_audio else None}
         if pl is not None:
             info.update(duration_s=pl.duration_s, has_audio=pl.has_audio, width=pl.width,
                         height=pl.height, rotation=pl.rotation)
+        room(sum(a.nbytes for a in arrays.values()))
         writer.add(VideoRecord(v.video_id, status, info, arrays))
         counts[status] += 1
         emit({"video_id": v.video_id, "status": status, "seconds": info["decoded_s"]})
@@ -425,6 +490,7 @@ def run_shard(job: ShardJob, emit: Callable[[dict], None] | None = None) -> dict
                 elif kind == "plan":
                     v.plan, v.t0 = payload, time.monotonic()
                     if payload.has_audio:
+                        _spool_room(v, payload)
                         v.spool = tempfile.NamedTemporaryFile(prefix="avl-audio-", suffix=".f32")
                 elif kind == "chunk":
                     c = payload
@@ -461,6 +527,7 @@ def run_shard(job: ShardJob, emit: Callable[[dict], None] | None = None) -> dict
             b3d.flush()
             for w in waiting:
                 finish(w, writer)
+            room(len(json.dumps(writer.rows)))
             writer.close()
     finally:
         stop.set()
@@ -492,50 +559,94 @@ def plan_shards(videos: list[tuple[str, str, str | None, float | None]], p: Extr
     return [(first + i, s) for i, s in enumerate(shards)]
 
 
-def _weights(dataset: str, p: ExtractParams) -> tuple[str, str]:
+def _weights(dataset: str, p: ExtractParams) -> tuple[tuple[str, str], tuple[str, str]]:
+    """((2D weights, 3D weights), (the params that set them)) for `dataset`."""
     if dataset == "demo" and p.demo_weights != "official":
-        return p.demo_weights, p.demo_weights
-    return p.weights_2d, p.weights_3d
+        return (p.demo_weights, p.demo_weights), ("extract.demo_weights",) * 2
+    return (p.weights_2d, p.weights_3d), ("extract.weights_2d", "extract.weights_3d")
+
+
+def check_weights(dataset: str, p: ExtractParams) -> tuple[tuple[str, str], dict, dict]:
+    """Resolves both backbones' weights and loads each weights file into its model on the CPU,
+    so that weights the workers could not load stop the run here, before the store is touched
+    -> ((2D, 3D) weights, 2D recipe entry, 3D recipe entry). ExtractError naming the file and
+    the param otherwise. Random weights are valid by construction and are not built here."""
+    from pipeline.weights import WeightsError
+    weights, params = _weights(dataset, p)
+    recipes = []
+    for backbone, w, param in zip(("resnet152", "resnext101"), weights, params):
+        try:
+            path, recipe = resolve_weights(backbone, w, weights_dir=p.weights_dir,
+                                           download=p.download_weights)
+        except WeightsError as e:
+            raise ExtractError(f"{e} (or set {param} in params.yaml)") from None
+        if path is not None:
+            build, load = BACKBONES[backbone]
+            try:
+                load(build(), torch.load(path, map_location="cpu", weights_only=True))
+            except Exception as e:  # noqa: BLE001 - any failure to load is the file's
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+                raise ExtractError(f"{path}: not loadable as {backbone} weights "
+                                   f"({type(e).__name__}: {first}); fix {param} in "
+                                   "params.yaml") from None
+        recipes.append(recipe)
+    return weights, recipes[0], recipes[1]
+
+
+def check_ledger(availability: pa.Table, root: Path, videos_dir: Path | None,
+                 where: str) -> dict[str, dict]:
+    """The ledger's rows by video id, each id path-safe and listed once and each downloaded
+    video's path inside `videos_dir` (relative to root; default: anywhere in root);
+    UnsafeInputError / ExtractError naming `where` and the row otherwise. The stage reads the
+    ledger with ledger.read_availability, which checks the same: this is the second line of
+    defence for callers that pass a table. Special files are refused where they are opened
+    (media.check_regular: the video's status says so)."""
+    rows: dict[str, dict] = {}
+    allowed = [videos_dir if videos_dir is not None else Path(".")]
+    for i, r in enumerate(availability.to_pylist()):
+        vid = check_safe_id(r.get("video_id"), f"{where}, row {i}, field 'video_id'")
+        if vid in rows:
+            raise ExtractError(f"{where}, row {i}: video_id {vid!r} listed twice")
+        if r.get("status") == AVAILABLE and r.get("path") is not None:
+            resolve_inside(root, r["path"], allowed, f"{where}, row {i} ({vid}), field 'path'")
+        rows[vid] = r
+    return rows
 
 
 def extract(dataset: str, availability: pa.Table, out_dir: Path, p: ExtractParams,
             cluster: ClusterParams, root: Path,
-            on_event: Callable[[dict], None] | None = None) -> dict:
+            on_event: Callable[[dict], None] | None = None, videos_dir: Path | None = None,
+            where: str = "the availability ledger") -> dict:
     """Extracts every available video of the ledger not yet in a finished shard of `out_dir`
     with this recipe; rebuilds index.parquet (every listed video, with its status).
 
     availability: availability.parquet of the dataset (video_id, status, path, sha256,
-    duration_s). Returns a summary with counts per status; raises ExtractError when the
-    weights cannot be had or more than p.max_failure_fraction of the videos failed."""
-    from pipeline.weights import WeightsError
-    w2d, w3d = _weights(dataset, p)
-    try:
-        r2d = resolve_weights("resnet152", w2d, weights_dir=p.weights_dir,
-                              download=p.download_weights)[1]
-        r3d = resolve_weights("resnext101", w3d, weights_dir=p.weights_dir,
-                              download=p.download_weights)[1]
-    except WeightsError as e:
-        raise ExtractError(f"{e} (or set extract.weights_2d / weights_3d in params.yaml)") from None
+    duration_s), its paths relative to `root` and inside `videos_dir` (relative to root) when
+    given; `where` names it in errors. Returns a summary with counts per status. Raises a
+    UserError (one line) when the run cannot start or must stop: ExtractError (weights, nothing
+    downloaded, more than p.max_failure_fraction failed), LockError (another run writes the
+    store), StoreError (a finished shard cannot be read now), DiskSpaceError, UnsafeInputError.
+    Nothing in the store is changed before all of these checks have passed."""
+    out_dir, root = Path(out_dir), Path(root)
+    ledger = check_ledger(availability, root, videos_dir, where)
+    available = [v for v, r in ledger.items() if r["status"] == AVAILABLE and r.get("path")]
+    if not available and not p.allow_empty:
+        raise ExtractError(f"{where}: no downloaded video to extract ({len(ledger)} listed, "
+                           "none available): run the download stage first (or set "
+                           "extract.allow_empty: true to accept an empty store)")
+    weights, r2d, r3d = check_weights(dataset, p)
     recipe = build_recipe(p, r2d, r3d)
+    with writer_lock(out_dir, f"extract@{dataset}", p.lock_wait_s):
+        return _extract_locked(dataset, ledger, out_dir, p, cluster, root, recipe, weights,
+                               on_event)
+
+
+def _extract_locked(dataset, ledger, out_dir, p, cluster, root, recipe, weights, on_event):
+    """extract() once the inputs are checked and the writer lock is held."""
     rhash = recipe_sha256(recipe)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    shards, leftovers = scan(out_dir)
-    for path in leftovers:
-        log.warning("removing %s left by an interrupted run (its videos are extracted again)",
-                    path.name)
-        path.unlink(missing_ok=True)
-    stale = [s for s in shards if recipe_sha256(s[1]) != rhash]
-    if stale:
-        log.warning("removing %d shard(s) made with another recipe (weights, dtype, precision "
-                    "or normalisation changed; the previous version stays in the DVC cache)",
-                    len(stale))
-        for path, _, _ in stale:
-            path.unlink()
-        shards = [s for s in shards if s not in stale]
-    write_json_atomic(recipe, out_dir / "recipe.json")
-
-    ledger = {r["video_id"]: r for r in availability.to_pylist()}
+    found = scan(out_dir, p.verify)      # a shard that cannot be read now stops the run here
+    stale = [s for s in found.done if recipe_sha256(s[1]) != rhash]
+    shards = [s for s in found.done if recipe_sha256(s[1]) == rhash]
     done: dict[str, dict] = {}
     for path, _, rows in shards:               # a later shard supersedes an earlier one
         for r in rows:
@@ -548,42 +659,71 @@ def extract(dataset: str, availability: pa.Table, out_dir: Path, p: ExtractParam
         prev = done.get(vid)
         media = root / r["path"]
         if prev is not None and (not r.get("sha256") or prev["source_sha256"] == r["sha256"]) \
-                and not ((prev["message"] or "").startswith(MISSING) and media.exists()):
+                and not _back(prev["message"] or "", media):
             continue
         if prev is not None:
             log.info("%s: media changed since its features were extracted; again", vid)
         todo.append((vid, str(media), r.get("sha256"), r.get("duration_s")))
     todo.sort(key=lambda t: -(t[3] or 0.0))
-    first = max((shard_number(s[0].name) for s in shards), default=-1) + 1
+    total_s = sum(t[3] or 0.0 for t in todo)
+    if todo:   # the room the new shards need, on top of the floor
+        check_free_space(out_dir, p.min_free_gb, "extract.min_free_gb",
+                         need_bytes=int(total_s * STORE_BYTES_PER_S))
+
+    # every check passed: only now is the store changed
+    for path in found.partial:
+        log.warning("removing %s left by an interrupted run (its videos are extracted again)",
+                    path.name)
+        path.unlink(missing_ok=True)
+    moved = False
+    if found.bad:
+        for path, why in found.bad:
+            log.warning("%s; moving it aside, its videos are extracted again", why)
+        _move_shards([path for path, _ in found.bad], out_dir,
+                     "shards proven bad (checksum, size or contents do not match what was "
+                     "written): " + "; ".join(why for _, why in found.bad))
+        moved = True
+    if stale:
+        log.warning("moving %d shard(s) made with another recipe (weights, dtype, precision or "
+                    "normalisation changed) to %s/", len(stale), out_dir / "stale")
+        _move_shards([path for path, _, _ in stale], out_dir,
+                     f"made with another recipe than {rhash[:12]}; the current recipe is in "
+                     "recipe.json, each shard's own in its `recipe` attribute")
+        moved = True
+    unsummed = {p_.name for p_ in found.unsummed}
+    for path, _, rows in shards:
+        if path.name in unsummed:     # a store made before checksums: record them now
+            size, digest = path.stat().st_size, file_sha256(path)
+            write_sum(path, digest, size)
+            for r in rows:
+                r.update(shard_sha256=digest, shard_bytes=size)
+            log.warning("%s: no recorded checksum (made before checksums); recorded it now "
+                        "(sha256 %s...)", path, digest[:12])
+    write_json_atomic(recipe, out_dir / "recipe.json")
+    if moved:   # the index must never name a shard that is no longer in the store
+        _write_store_index(out_dir, shards, ledger, rhash)
+
+    # numbers never reused, not even a bad shard's: a video extracted again lands in a new
+    # shard, so FeatureStore.digest sees the change
+    seen = [s[0] for s in found.done] + [b[0] for b in found.bad]
+    first = max((shard_number(x.name) for x in seen), default=-1) + 1
     # 4 shards per local worker: work for all, and a crash loses at most a quarter of a run
     jobs_plan = plan_shards(todo, p, first, min_shards=4 * _n_workers(p, cluster))
-    total_s = sum(t[3] or 0.0 for t in todo)
     log.info("%s: %d videos listed, %d available; %d already extracted, %d to do (%.0f s of "
              "video) in %d shard(s); weights %s / %s; recipe %s", dataset, len(ledger),
              sum(r["status"] == AVAILABLE for r in ledger.values()),
-             len([v for v in done if v in ledger]), len(todo), total_s, len(jobs_plan), w2d,
-             w3d, rhash[:12])
+             len([v for v in done if v in ledger]), len(todo), total_s, len(jobs_plan),
+             weights[0], weights[1], rhash[:12])
     counts: collections.Counter = collections.Counter()
     if jobs_plan:
-        counts = _run(dataset, jobs_plan, p, cluster, out_dir, recipe, (w2d, w3d), total_s,
+        counts = _run(dataset, jobs_plan, p, cluster, out_dir, recipe, weights, total_s,
                       on_event)
 
-    shards, _ = scan(out_dir)
-    rows: dict[str, dict] = {}
-    for path, rec, srows in shards:
-        if recipe_sha256(rec) == rhash:
-            for r in srows:
-                if r["video_id"] in ledger:
-                    rows[r["video_id"]] = r
-    for vid, r in ledger.items():
-        if vid not in rows:
-            why = (r["status"] if r["status"] != AVAILABLE else "available but not extracted")
-            rows[vid] = {"video_id": vid, "status": "not_downloaded",
-                         "flags": "not_downloaded", "message": f"ledger: {why}"
-                         + (f" ({r['reason']})" if r.get("reason") else ""),
-                         "n_resnet152": 0, "n_resnext101": 0, "n_logmel": 0,
-                         "recipe_sha256": rhash}
-    index = write_index(rows.values(), out_dir / "index.parquet")
+    final = scan(out_dir, "size")        # this run's shards, and the ones checked above
+    for path, why in final.bad:
+        log.warning("%s (left for the next run to move aside)", why)
+    mine = [s for s in final.done if recipe_sha256(s[1]) == rhash]
+    index = _write_store_index(out_dir, mine, ledger, rhash)
     statuses = collections.Counter(index.column("status").to_pylist())
     extracted = sum(n for s, n in statuses.items() if s != "not_downloaded")
     failed = sum(statuses.get(s, 0) for s in FAILED)
@@ -591,7 +731,7 @@ def extract(dataset: str, availability: pa.Table, out_dir: Path, p: ExtractParam
     # so DVC does not re-run training after a param change that did not change the features
     summary = {"dataset": dataset, "listed": len(ledger),
                "status": dict(sorted(statuses.items())), "recipe_sha256": rhash,
-               "shards": len(shards)}
+               "shards": len(mine)}
     write_json_atomic(summary, out_dir / "summary.json")
     summary = {**summary, "this_run": dict(sorted(counts.items())), "params": to_dict(p),
                "finished_at": datetime.now(timezone.utc).isoformat()}
@@ -605,6 +745,45 @@ def extract(dataset: str, availability: pa.Table, out_dir: Path, p: ExtractParam
     return summary
 
 
+def _back(message: str, media: Path) -> bool:
+    """True when a video recorded as missing or unreadable has a readable media file now."""
+    if message.startswith(MISSING):
+        return media.exists()
+    if message.startswith(UNREADABLE):
+        return media.is_file() and os.access(media, os.R_OK)
+    return False
+
+
+def _move_shards(paths: Iterable[Path], out_dir: Path, why: str) -> Path | None:
+    """Moves shards and their checksum sidecars to out_dir/stale/<time>/ (never deletes)."""
+    files = []
+    for path in paths:
+        files.append(path)
+        if sum_path(path).exists():
+            files.append(sum_path(path))
+    return move_aside(files, out_dir, why)
+
+
+def _write_store_index(out_dir: Path, shards: list, ledger: dict[str, dict],
+                       rhash: str) -> pa.Table:
+    """index.parquet from the finished shards of this recipe plus a not_downloaded row for
+    every other listed video."""
+    rows: dict[str, dict] = {}
+    for path, _, srows in shards:
+        for r in srows:
+            if r["video_id"] in ledger:
+                rows[r["video_id"]] = r
+    for vid, r in ledger.items():
+        if vid not in rows:
+            why = (r["status"] if r["status"] != AVAILABLE else "available but not extracted")
+            rows[vid] = {"video_id": vid, "status": "not_downloaded",
+                         "flags": "not_downloaded", "message": f"ledger: {why}"
+                         + (f" ({r['reason']})" if r.get("reason") else ""),
+                         "n_resnet152": 0, "n_resnext101": 0, "n_logmel": 0,
+                         "recipe_sha256": rhash}
+    return write_index(rows.values(), out_dir / "index.parquet")
+
+
 def _n_workers(p: ExtractParams, cluster: ClusterParams) -> int:
     """LocalCluster workers: extract.workers, else one per visible GPU, else one."""
     cuda = p.device != "cpu" and torch.cuda.is_available()
@@ -613,6 +792,8 @@ def _n_workers(p: ExtractParams, cluster: ClusterParams) -> int:
 
 def _run(dataset, jobs_plan, p, cluster, out_dir, recipe, weights, total_s, on_event):
     """Submits the shard tasks and follows their per-video events -> counts per status."""
+    from distributed.scheduler import KilledWorker
+
     cuda = p.device != "cpu" and torch.cuda.is_available()
     n_workers = _n_workers(p, cluster)
     cp = dataclasses.replace(cluster, workers=n_workers, threads_per_worker=1)
@@ -623,11 +804,13 @@ def _run(dataset, jobs_plan, p, cluster, out_dir, recipe, weights, total_s, on_e
     n_videos = sum(len(v) for _, v in jobs_plan)
     shown: collections.Counter = collections.Counter()
     events: collections.deque = collections.deque()
-    with connect(cp) as client:
+    # a task whose worker died is re-run once (a worker can die by chance), not dask's 3 times:
+    # a shard that kills two workers will kill the next ones too
+    with connect(cp, allowed_failures=1) as client:
         log.info("%s: %d shard(s) on %d worker(s) (%s)", dataset, len(jobs),
                  len(client.scheduler_info()["workers"]), "CUDA" if cuda else "CPU")
         client.subscribe_topic(topic, lambda ev: events.append(ev[1]))
-        futures = client.map(run_shard, jobs, pure=False)
+        futures = client.map(shard_task, jobs, pure=False)
         bar = tqdm(total=round(total_s) or None, desc=f"extract@{dataset}", unit="video-s",
                    smoothing=0.05, mininterval=0.5 if os.isatty(2) else 10.0)
         done_videos = 0
@@ -645,8 +828,29 @@ def _run(dataset, jobs_plan, p, cluster, out_dir, recipe, weights, total_s, on_e
                                 + " ".join(f"{k}={n}" for k, n in sorted(shown.items())),
                                 refresh=False)
 
-        try:
-            results = follow(futures, events, handle)   # a bug in a worker surfaces here
+        checked: set = set()
+
+        def refused() -> None:
+            # a task that refused (a full disk) stops the run at once, like one that failed
+            for f in futures:
+                if f.key not in checked and f.status == "finished":
+                    checked.add(f.key)
+                    r = f.result()
+                    if REFUSED in r:
+                        raise r[REFUSED]
+
+        try:   # a failed task stops the run at once; a bug in a worker surfaces here
+            results = follow(futures, events, handle, tick=refused, fail_fast=True)
+        except KilledWorker:
+            dead = [j for f, j in zip(futures, jobs) if f.status == "error"]
+            client.cancel(futures)
+            which = (f"shard {shard_name(dead[0].shard, p.format)} (videos "
+                     f"{', '.join(v[0] for v in dead[0].videos[:5])}"
+                     f"{', ...' if len(dead[0].videos) > 5 else ''})" if dead else "a shard")
+            raise ExtractError(f"dask workers died twice while extracting {which} in "
+                               f"{out_dir}: usually memory (lower extract.batch_2d, batch_3d or "
+                               "decoders) or a crash in a native library (see the worker log "
+                               "above); finished shards are kept") from None
         except BaseException:
             client.cancel(futures)
             raise

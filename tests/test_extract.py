@@ -23,6 +23,7 @@ import yaml
 from pipeline.config import ClusterParams, ExtractParams
 from pipeline.decode import SIZE_3D
 from pipeline.extract import ExtractError, classify, extract, plan_shards
+from pipeline.ledger import AVAILABILITY_SCHEMA
 from pipeline.store import FeatureStore, StoreError, read_shard_rows, scan
 from pipeline.weights import CLIP_MEAN, load_backbone
 from tests.conftest import ROOT
@@ -49,21 +50,26 @@ def video(path: Path, seconds: float, size: str = "160x120", rate: int = 10,
     return path
 
 
-LEDGER_SCHEMA = pa.schema([("video_id", pa.string()), ("status", pa.string()),
-                           ("reason", pa.string()), ("path", pa.string()),
-                           ("sha256", pa.string()), ("duration_s", pa.float64())])
+def ledger_row(vid: str, status: str = "available", path: str | None = None,
+               sha256: str | None = None, duration_s: float | None = None,
+               reason: str | None = None) -> dict:
+    """One availability.parquet row (every AVAILABILITY_SCHEMA field)."""
+    row = {f.name: None for f in AVAILABILITY_SCHEMA}
+    row.update(video_id=vid, url=f"https://www.youtube.com/watch?v={vid}", split="val",
+               status=status, path=path, sha256=sha256, duration_s=duration_s, reason=reason,
+               attempts=1)
+    return row
 
 
-def ledger(root: Path, files: dict[str, Path]) -> pa.Table:
+def ledger(root: Path, files: dict[str, Path], duration_s: float = 2.0) -> pa.Table:
     """An availability table listing `files` as downloaded (paths relative to `root`)."""
     rows = []
     for vid, f in files.items():
         ok = f.exists()
-        rows.append({"video_id": vid, "status": "available", "reason": None,
-                     "path": str(f.relative_to(root)),
-                     "sha256": hashlib.sha256(f.read_bytes()).hexdigest() if ok else "0" * 64,
-                     "duration_s": 2.0})
-    return pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA)
+        rows.append(ledger_row(vid, path=str(f.relative_to(root)),
+                               sha256=hashlib.sha256(f.read_bytes()).hexdigest() if ok
+                               else "0" * 64, duration_s=duration_s))
+    return pa.Table.from_pylist(rows, schema=AVAILABILITY_SCHEMA)
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +109,8 @@ def store(media, tmp_path_factory) -> Path:
     root, files = media
     out = tmp_path_factory.mktemp("features")
     table = ledger(root, files)
-    gone = pa.Table.from_pylist([{"video_id": "privatevid1", "status": "unavailable",
-                                  "reason": "private", "path": None, "sha256": None,
-                                  "duration_s": None}], schema=table.schema)
+    gone = pa.Table.from_pylist([ledger_row("privatevid1", "unavailable", reason="private")],
+                                schema=table.schema)
     p = dataclasses.replace(PARAMS, max_failure_fraction=1.0)
     events = []
     s = extract("youcook2", pa.concat_tables([table, gone]), out, p, CLUSTER, root,
@@ -236,10 +241,17 @@ def test_rerun_does_nothing_and_recipe_change_redoes(media, tmp_path):
     s = extract("youcook2", pick, tmp_path, dataclasses.replace(PARAMS, batch_2d=3), CLUSTER,
                 root)
     assert s["this_run"] == {} and first[0].stat().st_mtime_ns == stamp
+    old = first[0].read_bytes()
     s = extract("youcook2", pick, tmp_path, dataclasses.replace(PARAMS, dtype="float32"),
                 CLUSTER, root)
-    assert s["this_run"] == {"ok": 1} and first[0].stat().st_mtime_ns != stamp   # redone
-    assert FeatureStore(tmp_path).read("short1s____", "resnet152").dtype == np.float32
+    assert s["this_run"] == {"ok": 1}                               # redone, in a new shard
+    assert not first[0].exists()                                    # the old one moved aside
+    [aside] = list((tmp_path / "stale").glob(f"*/{first[0].name}"))
+    assert aside.read_bytes() == old and (aside.parent / "README.txt").is_file()
+    assert (aside.parent / (first[0].name + ".sum.json")).is_file()
+    store = FeatureStore(tmp_path)
+    assert store.read("short1s____", "resnet152").dtype == np.float32
+    assert all((tmp_path / r["shard"]).is_file() for r in store.index.to_pylist())
 
 
 def test_missing_file_is_retried_once_it_is_back(media, tmp_path):
@@ -269,7 +281,9 @@ def test_missing_official_weights_is_one_clear_error(media, tmp_path):
     p = dataclasses.replace(PARAMS, weights_2d="random", weights_3d="kinetics",
                             weights_dir=str(tmp_path / "w"))
     with pytest.raises(ExtractError, match=r"resnext-101-kinetics\.pth.*put it at"):
-        extract("youcook2", ledger(root, {}), tmp_path, p, CLUSTER, root)
+        extract("youcook2", ledger(root, {"short1s____": files["short1s____"]}), tmp_path / "s",
+                p, CLUSTER, root)
+    assert not (tmp_path / "s").exists()                  # nothing made before the check
 
 
 def test_classify_precedence():
@@ -305,7 +319,7 @@ def test_kill_9_mid_run_then_rerun_keeps_finished_shards(media, tmp_path):
     root, files = media
     names = ["short1s____", "noaudio____", "silent_____", "portrait___", "vfr________"]
     avail = root / "avail.parquet"
-    pq.write_table(ledger(root, {k: files[k] for k in names}), avail)
+    pq.write_table(ledger(root, {k: files[k] for k in names}), avail)   # paths videos/...
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["extract"].update(weights_2d="random:3", weights_3d="random:4", shard_videos=1,
                              batch_2d=8, batch_3d=4)
@@ -314,15 +328,14 @@ def test_kill_9_mid_run_then_rerun_keeps_finished_shards(media, tmp_path):
     pfile.write_text(yaml.safe_dump(params))
     out = tmp_path / "features"
     cmd = [sys.executable, "-m", "stages.extract", "--dataset", "youcook2", "--params",
-           str(pfile), "--availability", str(avail), "--out", str(out)]
+           str(pfile), "--availability", str(avail), "--videos", "videos", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            done, _ = scan(out)
-            if done:
+            if scan(out).done:
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before a shard was finished"
@@ -331,13 +344,14 @@ def test_kill_9_mid_run_then_rerun_keeps_finished_shards(media, tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    kept, leftovers = scan(out)
+    kept = scan(out).done
     assert kept
     stamps = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p, _, _ in kept}
     rerun = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    done, leftovers = scan(out)
-    assert not leftovers and not list(out.glob("*.part"))
+    found = scan(out, "sha256")
+    done = found.done
+    assert not found.partial and not found.bad and not list(out.glob("*.part"))
     for name, stamp in stamps.items():
         assert ((out / name).stat().st_ino, (out / name).stat().st_mtime_ns) == stamp
     ids = [r["video_id"] for _, _, rows in done for r in rows]
