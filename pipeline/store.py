@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 
 from pipeline.manifest import write_parquet_atomic
 from pipeline.safety import UserError, check_safe_id
+from pipeline.sources import sha256_file as file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +147,6 @@ def sum_path(shard: Path) -> Path:
     """The checksum sidecar of `shard` (shard-NNNNN.h5 -> shard-NNNNN.h5.sum.json)."""
     shard = Path(shard)
     return shard.with_name(shard.name + SUM_SUFFIX)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_sum(shard: Path, sha256: str, size: int) -> None:
