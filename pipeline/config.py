@@ -345,6 +345,13 @@ class ExtractParams:
                                      "download)")
     lock_wait_s: float = param(0.0, "when another run writes this store: wait up to this long "
                                     "for it, seconds, then stop naming it", ge=0)
+    threads: int = param(0, "torch CPU threads per extraction worker; 0 = the machine's cores "
+                            "shared among the workers. Float rounding depends on the thread "
+                            "count: pin it for features identical across machines", ge=0,
+                         le=1024)
+    demo_threads: int = param(2, "threads on the offline demo dataset instead of `threads`: "
+                                 "pinned, so the demo's features (and numbers) are the same on "
+                                 "any machine", ge=0, le=1024)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -395,6 +402,10 @@ class TrainParams:
                                                         "the feature shards before reading them")
     min_free_gb: float = param(2.0, "stop cleanly before a checkpoint would take the free space "
                                     "under the run folder below this, GB", ge=0)
+    threads: int = param(0, "torch CPU threads of the training process (train and finetune); "
+                            "0 = torch's default (the machine's cores). Float rounding depends "
+                            "on the thread count: pin it for runs identical across machines",
+                         ge=0, le=1024)
 
 
 @dataclasses.dataclass(frozen=True)

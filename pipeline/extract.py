@@ -797,7 +797,9 @@ def _run(dataset, jobs_plan, p, cluster, out_dir, recipe, weights, total_s, on_e
     cuda = p.device != "cpu" and torch.cuda.is_available()
     n_workers = _n_workers(p, cluster)
     cp = dataclasses.replace(cluster, workers=n_workers, threads_per_worker=1)
-    threads = 0 if cluster.scheduler_address else max(1, (os.cpu_count() or 1) // n_workers)
+    pinned = p.demo_threads if dataset == "demo" else p.threads
+    threads = pinned or (0 if cluster.scheduler_address
+                         else max(1, (os.cpu_count() or 1) // n_workers))
     topic = f"avl-extract-{uuid.uuid4().hex[:8]}"
     jobs = [ShardJob(n, videos, p, weights, recipe, str(out_dir), topic, threads)
             for n, videos in jobs_plan]

@@ -353,6 +353,8 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
     if d.main and not os.access(run_dir, os.W_OK):
         raise TrainError(f"{run_dir}: the run folder is not writable (read-only file system or "
                          "permissions); point --out at a writable folder")
+    if p.threads:   # float rounding depends on the thread count (README: reproducibility)
+        torch.set_num_threads(p.threads)
     torch.manual_seed(p.seed)
     np.random.seed(p.seed)
     random.seed(p.seed)

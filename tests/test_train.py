@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from pipeline.config import ModelParams, TrainParams
 from pipeline.store import FeatureStore, ShardWriter, VideoRecord, write_index
 from pipeline.metrics import retrieval_metrics
 from pipeline.train import CHECKPOINT, TrainError, embed, epoch_batches, train
+from tests.conftest import ROOT
 
 TINY = TrainParams(model=ModelParams(embed_dim=32, audio_widths=[8, 8, 16, 16]), workers=0,
                    checkpoint_every=2, seed=1)
@@ -291,3 +295,35 @@ sys.stdout.write(f"RANK {dist.get_rank()} OK of {dist.get_world_size()}\\n")  # 
     assert "RANK 0 OK" in out.stdout and "RANK 1 OK" in out.stdout
     rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(rows) == 3 * 5 and rows[0]["clips"] == 8        # the global batch
+
+
+RUN_ON_CPUS = """
+import os, sys
+os.sched_setaffinity(0, set(range(int(sys.argv[1]))))   # a machine with this many cores
+import pathlib
+from pipeline.config import ModelParams, TrainParams
+from pipeline.train import train
+from tests.test_train import Separable, collate
+p = TrainParams(model=ModelParams(embed_dim=64, audio_widths=[16, 16, 32, 32]), workers=0,
+                checkpoint_every=100, seed=1, threads=int(sys.argv[2]))
+train(pathlib.Path(sys.argv[3]), Separable(n=32, frames=128), collate, p, items_per_batch=16,
+      epochs=2, lr=1e-3, lr_decay=0.9)
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_pinned_threads_train_the_same_on_1_and_2_cores(tmp_path):
+    """Float rounding depends on torch's thread count, which defaults to the cores: unpinned,
+    a 1-core and a 2-core machine train different models; train.threads pins it."""
+    def run(cpus: int, threads: int) -> dict:
+        out = tmp_path / f"cpus{cpus}-threads{threads}"
+        subprocess.run([sys.executable, "-c", RUN_ON_CPUS, str(cpus), str(threads), str(out)],
+                       cwd=ROOT, check=True, capture_output=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        return torch.load(out / "final.pt", weights_only=False)["model"]
+
+    def same(a: dict, b: dict) -> bool:
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    assert not same(run(1, 0), run(2, 0))      # the difference the pin removes
+    assert same(run(1, 2), run(2, 2))
