@@ -1,4 +1,4 @@
-"""Benchmark: pipeline.download.download() against a local HTTP server with injected latency.
+"""Benchmark: pipeline.download.runner.download() against a local HTTP server with injected latency.
 
 Serves N copies of one tiny mp4 from 127.0.0.1 (a separate process, so its GIL does not compete
 with the code measured), each request delayed by a fixed latency, and reports videos/s at each
@@ -293,10 +293,10 @@ def components(base: str, tmp: Path, media: Path, k: int, latency_s: float) -> d
     """Per-video cost of each piece of fetch.py/download.py at zero server latency, in this
     process: the CPU our machinery spends beyond waiting for the network."""
     import yt_dlp
-    from pipeline.fetch import Fetcher, ydl_options
-    from pipeline.ledger import Journal
+    from pipeline.download.fetch import Fetcher, ydl_options
+    from pipeline.download.ledger import Journal
     from pipeline.media import probe
-    from pipeline.sources import sha256_file
+    from pipeline.data.sources import sha256_file
 
     p = download_params(k, 1)
     server_call(base, "latency", s=0)
@@ -343,7 +343,7 @@ def components(base: str, tmp: Path, media: Path, k: int, latency_s: float) -> d
 
 def _control_rpc(name: str, k: int) -> dict:
     """Runs on a dask worker thread: the cost of download.Control's scheduler round trips."""
-    from pipeline.download import Control
+    from pipeline.download.runner import Control
     t0 = time.perf_counter()
     ctl = Control(name)
     t1 = time.perf_counter()
@@ -383,17 +383,17 @@ _FAKE_META = {"duration_s": 1.0, "width": 64, "height": 64, "vcodec": "h264", "a
 
 
 def _stub_probe() -> None:
-    """Runs in each worker (--stub-probe what-if): pipeline.fetch.probe replaced by a constant."""
-    import pipeline.fetch
-    pipeline.fetch.probe = lambda path, timeout_s=60.0: dict(_FAKE_META)
+    """Runs in each worker (--stub-probe what-if): pipeline.download.fetch.probe replaced by a constant."""
+    import pipeline.download.fetch
+    pipeline.download.fetch.probe = lambda path, timeout_s=60.0: dict(_FAKE_META)
 
 
 def run_download(base: str, ids: list[str], c: int, workers: int, tmp: Path,
                  stub_probe: bool = False) -> dict:
     """The real download() on a fresh ledger with `workers` x c/workers threads."""
-    import pipeline.download as dl
+    import pipeline.download.runner as dl
     from pipeline.config import ClusterParams
-    from pipeline.ledger import read_attempts
+    from pipeline.download.ledger import read_attempts
 
     cluster = ClusterParams(workers=workers, threads_per_worker=c // workers, processes=True)
     p = download_params(len(ids), c)
@@ -647,7 +647,7 @@ def markdown(res: dict) -> str:
 
 def machine() -> dict:
     import distributed
-    from pipeline.fetch import ytdlp_version
+    from pipeline.download.fetch import ytdlp_version
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "cpu_count": os.cpu_count(), "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
@@ -671,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 48 videos, concurrency 1 and 4, one process")
     ap.add_argument("--stub-probe", action="store_true",
-                    help="what-if: replace pipeline.fetch.probe in the workers by a constant, "
+                    help="what-if: replace pipeline.download.fetch.probe in the workers by a constant, "
                          "to see the scaling without probing cost (not the real pipeline; use "
                          "with --out elsewhere)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder")

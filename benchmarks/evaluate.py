@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.metrics import retrieval_metrics
+from pipeline.evaluate.metrics import retrieval_metrics
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

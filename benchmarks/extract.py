@@ -62,7 +62,7 @@ def _median_time(fn, repeats: int) -> tuple[float, list[float]]:
 
 
 def bench_decode(path: Path, repeats: int) -> dict:
-    from pipeline.decode import decode, plan, reference_commands, single_pass_command
+    from pipeline.features.decode import decode, plan, reference_commands, single_pass_command
     p = plan(path)
 
     def ours():
@@ -100,14 +100,14 @@ def _params(device: str, **kw):
 
 
 def _job(p, recipe, videos, out: Path, shard: int):
-    from pipeline.extract import ShardJob
+    from pipeline.features.extract import ShardJob
     return ShardJob(shard, tuple((f"v{i:010d}", str(v), None) for i, v in enumerate(videos)), p,
                     (p.weights_2d, p.weights_3d), recipe, str(out), "bench", 0)
 
 
 def _recipe(p):
-    from pipeline.extract import build_recipe
-    from pipeline.weights import resolve_weights
+    from pipeline.features.extract import build_recipe
+    from pipeline.features.weights import resolve_weights
     return build_recipe(p, resolve_weights("resnet152", p.weights_2d)[1],
                         resolve_weights("resnext101", p.weights_3d)[1])
 
@@ -159,7 +159,7 @@ def _forwards(models, frames2d, clips, p, device: str) -> dict:
 
 
 def _inputs(paths: list[Path]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    from pipeline.decode import decode_all
+    from pipeline.features.decode import decode_all
     f2s, clips = [], []
     for path in paths:
         f2, f3, _ = decode_all(path)
@@ -171,7 +171,7 @@ def _inputs(paths: list[Path]) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 
 def bench_end_to_end(paths: list[Path], device: str, tmp: Path, fmt_sizes: bool = True) -> dict:
-    from pipeline.extract import get_models, run_shard
+    from pipeline.features.extract import get_models, run_shard
     p = _params(device)
     recipe = _recipe(p)
     t0 = time.perf_counter()
@@ -210,7 +210,7 @@ def _decode_parallel(paths: list[Path], n: int) -> float:
     """Seconds to decode all `paths` with `n` concurrent single-pass decoders (the floor of
     end-to-end extraction when the forwards are faster, as on a GPU)."""
     from concurrent.futures import ThreadPoolExecutor
-    from pipeline.decode import decode
+    from pipeline.features.decode import decode
 
     def one(path: Path) -> int:
         return sum(c.data.nbytes for c in decode(path))
@@ -240,7 +240,7 @@ def rss_child(path: str, device: str, out: str) -> None:
     """In a fresh process: load the models, reset the peak-RSS mark (random weights' BatchNorm
     calibration runs train-mode batches and would set it), extract one video; print the peak
     RSS of the extraction (MiB) and the RSS right after loading."""
-    from pipeline.extract import get_models, run_shard
+    from pipeline.features.extract import get_models, run_shard
     p = _params(device)
     recipe = _recipe(p)
     job = _job(p, recipe, [Path(path)], Path(out), 0)
@@ -270,7 +270,7 @@ def bench_rss(short: Path, long: Path, device: str, tmp: Path) -> dict:
 
 
 def bench_precision(paths: list[Path], device: str) -> dict:
-    from pipeline.extract import Models
+    from pipeline.features.extract import Models
     f2s, clips = _inputs(paths[:2])
     p32 = _params(device)
     res = {}

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.avdata import PretrainVideos, collate_videos
+from pipeline.learn.avdata import PretrainVideos, collate_videos
 from pipeline.config import ModelParams, TrainParams
-from pipeline.store import FeatureStore, ShardWriter, VideoRecord, write_index
-from pipeline.train import epoch_batches, train
+from pipeline.features.store import FeatureStore, ShardWriter, VideoRecord, write_index
+from pipeline.learn.train import epoch_batches, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SMALL = ModelParams(embed_dim=256, audio_widths=[32, 64, 128, 256])

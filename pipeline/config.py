@@ -126,7 +126,7 @@ class DemoParams:
     n_videos: int = param(40, "number of videos generated", ge=4, le=2000)
     n_val: int = param(12, "videos in the validation split (the rest are training)", ge=1)
     n_concepts: int = param(10, "distinct audio-visual concepts used (at most 12)", ge=2, le=12)
-    # >= 5 s: a segment (3 s at least) needs its leading gap (2 s at least, see pipeline/demo.py)
+    # >= 5 s: a segment (3 s at least) needs its leading gap (2 s at least, see pipeline/data/demo.py)
     min_duration_s: float = param(12.0, "shortest video, seconds", ge=5.0, le=600.0)
     max_duration_s: float = param(26.0, "longest video, seconds", ge=5.0, le=600.0)
     segments_per_video: int = param(5, "annotated concept segments per video (at most; as many "

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.audit import AuditError, audit_all
+from pipeline.download.audit import AuditError, audit_all
 from pipeline.config import load_params
 from stages.common import run
 

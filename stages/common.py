@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.config import ParamsError
-from pipeline.manifest import ManifestError
+from pipeline.data.manifest import ManifestError
 from pipeline.safety import UserError
-from pipeline.sources import SourceError
+from pipeline.data.sources import SourceError
 
 log = logging.getLogger("stages")
 

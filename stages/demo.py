@@ -10,8 +10,8 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import load_params, to_dict
-from pipeline.demo import DemoError, generate
-from pipeline.sources import sha256_file, sha256_tree
+from pipeline.data.demo import DemoError, generate
+from pipeline.data.sources import sha256_file, sha256_tree
 from stages.common import run
 
 log = logging.getLogger("stages.demo")

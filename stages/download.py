@@ -5,11 +5,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.availability import advice
+from pipeline.download.availability import advice
 from pipeline.cluster import ClusterError
 from pipeline.config import DATASETS, load_params
-from pipeline.download import DownloadError, download
-from pipeline.manifest import read_videos
+from pipeline.download.runner import DownloadError, download
+from pipeline.data.manifest import read_videos
 from stages.common import run
 
 log = logging.getLogger("stages.download")

@@ -5,8 +5,8 @@ import logging
 from pathlib import Path
 
 from pipeline.config import load_params
-from pipeline.evaluate import EvaluateError, evaluate
-from pipeline.store import StoreError
+from pipeline.evaluate.recall import EvaluateError, evaluate
+from pipeline.features.store import StoreError
 from stages.common import clip_stage_parser, parse_clip_stage, run
 
 log = logging.getLogger("stages.evaluate")

@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 
 from pipeline.config import DATASETS, load_params
-from pipeline.extract import extract
-from pipeline.ledger import read_availability
+from pipeline.features.extract import extract
+from pipeline.download.ledger import read_availability
 from stages.common import run
 
 log = logging.getLogger("stages.extract")

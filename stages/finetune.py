@@ -5,9 +5,9 @@ import logging
 from pathlib import Path
 
 from pipeline.config import load_params
-from pipeline.runs import finetune
-from pipeline.store import StoreError
-from pipeline.train import TrainError
+from pipeline.learn.runs import finetune
+from pipeline.features.store import StoreError
+from pipeline.learn.train import TrainError
 from stages.common import clip_stage_parser, parse_clip_stage, run
 
 log = logging.getLogger("stages.finetune")

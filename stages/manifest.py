@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 
 from pipeline.config import DATASETS, load_params, to_dict
-from pipeline.datasets import parser
-from pipeline.manifest import validate, write_manifest
-from pipeline.sources import Sources
+from pipeline.data.datasets import parser
+from pipeline.data.manifest import validate, write_manifest
+from pipeline.data.sources import Sources
 from stages.common import run
 
 log = logging.getLogger("stages.manifest")

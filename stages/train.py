@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 
 from pipeline.config import load_params
-from pipeline.runs import pretrain
-from pipeline.store import StoreError
-from pipeline.train import TrainError
+from pipeline.learn.runs import pretrain
+from pipeline.features.store import StoreError
+from pipeline.learn.train import TrainError
 from stages.common import run
 
 log = logging.getLogger("stages.train")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.audit import (PAPER_COUNTS, REASON_MEANING, audit_and_write, audit_dataset,
+from pipeline.download.audit import (PAPER_COUNTS, REASON_MEANING, audit_and_write, audit_dataset,
                             read_snapshot, write_summary)
-from pipeline.ledger import ATTEMPT_SCHEMA, attempts_table, current_status, write_availability
-from pipeline.manifest import Manifest, read_videos, write_manifest
+from pipeline.download.ledger import ATTEMPT_SCHEMA, attempts_table, current_status, write_availability
+from pipeline.data.manifest import Manifest, read_videos, write_manifest
 from stages import audit as audit_stage
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -181,7 +181,7 @@ def test_changes_since_previous_audit(youcook2, tmp_path, monkeypatch):
     assert snap["videos"]["AAAAAAAAAA3"] == {"status": "unavailable", "reason": "private",
                                              "has_audio": None}
     write_ledger(youcook2, ROUND1 + ROUND2)
-    monkeypatch.setattr("pipeline.audit.MAX_IDS", 1)   # the JSON keeps at most MAX_IDS ids
+    monkeypatch.setattr("pipeline.download.audit.MAX_IDS", 1)   # the JSON keeps at most MAX_IDS ids
     second = audit_and_write("youcook2", youcook2, out)
     ch = second["changes"]
     assert ch["previous_audit"] == first["audit_date"]
@@ -237,7 +237,7 @@ def test_summary_has_one_row_per_dataset_and_split(youcook2, tmp_path):
 
 
 def test_every_ledger_reason_is_explained():
-    availability = pytest.importorskip("pipeline.availability")
+    availability = pytest.importorskip("pipeline.download.availability")
     assert set(availability.REASONS) <= set(REASON_MEANING)
 
 

@@ -10,7 +10,7 @@ import torch
 from models.avlnet import AVLnet, video_input
 from models.losses import LOSSES, MILNCE, MMS, BinaryCE, InfoNCE, MaxMargin, neighbour_mask
 from models.resdavenet import ResDAVEnet, output_frames
-from pipeline.sampling import (draw_starts, pad_or_crop, start_range, whole_seconds, window)
+from pipeline.learn.sampling import (draw_starts, pad_or_crop, start_range, whole_seconds, window)
 
 S3 = torch.tensor([[0.9, 0.1, 0.3], [0.2, 0.5, 0.6], [0.4, 0.0, 0.8]], dtype=torch.float64)
 S4 = 3 * torch.sin(torch.arange(16, dtype=torch.float64).reshape(4, 4))

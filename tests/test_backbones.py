@@ -10,7 +10,7 @@ import torchvision
 
 from models.resnet2d import ResNet152Features, load_resnet_state
 from models.resnext3d import StateDictError, load_resnext_state, resnext101
-from pipeline import weights as W
+from pipeline.features import weights as W
 
 torch.set_num_threads(2)
 CLIP = (1, 3, 16, 112, 112)

@@ -9,8 +9,8 @@ from distributed import LocalCluster
 
 from pipeline.cluster import ClusterError, connect
 from pipeline.config import ClusterParams, DownloadParams
-from pipeline.download import download
-from pipeline.ledger import read_availability
+from pipeline.download.runner import download
+from pipeline.download.ledger import read_availability
 
 
 def test_unreachable_scheduler_is_one_clear_error():

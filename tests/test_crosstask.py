@@ -8,9 +8,9 @@ import pyarrow as pa
 import pytest
 
 from pipeline.config import CrossTaskManifestParams
-from pipeline.datasets import crosstask
-from pipeline.manifest import ManifestError, read_clips, validate, write_manifest
-from pipeline.sources import Sources
+from pipeline.data.datasets import crosstask
+from pipeline.data.manifest import ManifestError, read_clips, validate, write_manifest
+from pipeline.data.sources import Sources
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def test_read_tasks(tmp_path):
 
 
 def test_happy_path(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="pipeline.datasets.crosstask"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.datasets.crosstask"):
         m = crosstask.parse_folder(release(tmp_path), "crosstask")
     validate(m, "crosstask")
     assert m.splits == ("train", "val")
@@ -119,7 +119,7 @@ def test_val_only_video_and_unannotated_val(tmp_path, caplog):
     # a val video missing from videos.csv is still val; an unannotated val entry is held out
     videos = [p for p in VIDEOS if p != ("10001", A1)]
     val = VAL + [("10001", A3)]
-    with caplog.at_level(logging.WARNING, logger="pipeline.datasets.crosstask"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.datasets.crosstask"):
         m = crosstask.parse_folder(release(tmp_path, videos, val), "crosstask")
     splits = {v["video_id"]: v["split"] for v in m.videos}
     assert splits[A1] == "val" and A3 not in splits

@@ -1,4 +1,4 @@
-"""Single-pass decode (pipeline/decode.py) against the reference's separate ffmpeg chains."""
+"""Single-pass decode (pipeline/features/decode.py) against the reference's separate ffmpeg chains."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.decode import (DecodeError, DecodePlan, decode, decode_all, output_size, plan,
+from pipeline.features.decode import (DecodeError, DecodePlan, decode, decode_all, output_size, plan,
                              reference_commands)
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import demo
+from pipeline.data import demo
 from pipeline.config import DemoParams
-from pipeline.datasets.youcook2 import parse_file
-from pipeline.manifest import validate
+from pipeline.data.datasets.youcook2 import parse_file
+from pipeline.data.manifest import validate
 
 # 4 small videos of 10-12 s, so each holds 2 segments; fps 25 and odd sizes catch hard-coding
 TINY = dataclasses.replace(DemoParams(), n_videos=4, n_val=1, min_duration_s=10.0,

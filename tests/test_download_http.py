@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.download
+import pipeline.download.runner
 from pipeline.config import ClusterParams, DownloadParams
-from pipeline.download import DownloadError, download
-from pipeline.fetch import Fetcher, UrlRejected, check_id, resolve_url
-from pipeline.ledger import (ATTEMPT_SCHEMA, AVAILABILITY_SCHEMA, LedgerError, attempts_table,
+from pipeline.download.runner import DownloadError, download
+from pipeline.download.fetch import Fetcher, UrlRejected, check_id, resolve_url
+from pipeline.download.ledger import (ATTEMPT_SCHEMA, AVAILABILITY_SCHEMA, LedgerError, attempts_table,
                              current_status, read_availability, write_availability)
 
 STALL_S = 10.0   # far longer than socket_timeout_s; released when the server shuts down
@@ -240,7 +240,7 @@ def _no_cluster(*a, **kw):
 
 @pytest.mark.parametrize("bad", ["../../etc/pa", "abc/defghij", "", "abcdefghijk\n"])
 def test_download_refuses_a_hostile_id_before_any_work(bad, tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline.download, "connect", _no_cluster)
+    monkeypatch.setattr(pipeline.download.runner, "connect", _no_cluster)
     videos = pa.table({"video_id": ["dQw4w9WgXcQ", bad],
                        "url": ["https://www.youtube.com/watch?v=dQw4w9WgXcQ"] * 2,
                        "split": ["train", "train"], "duration_s": [10.0, 10.0]})

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.ledger import (Journal, attempts_table, read_attempts, read_availability,
+from pipeline.download.ledger import (Journal, attempts_table, read_attempts, read_availability,
                              read_journal, seal_journal)
 from tests.conftest import ROOT
 

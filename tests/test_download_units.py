@@ -7,8 +7,8 @@ import time
 import pyarrow.parquet as pq
 
 from pipeline.config import DownloadParams
-from pipeline.fetch import Fetcher, backoff, ydl_options
-from pipeline.ledger import Journal, attempts_table, read_attempts, read_journal, seal_journal
+from pipeline.download.fetch import Fetcher, backoff, ydl_options
+from pipeline.download.ledger import Journal, attempts_table, read_attempts, read_journal, seal_journal
 
 ROW = {"attempt_id": "a1", "run_id": "r", "video_id": "abcdefghijk", "shard": 0,
        "url": "http://x", "started_at": "2026-01-01T00:00:00+00:00",

@@ -10,12 +10,12 @@ import pytest
 import yaml
 
 from pipeline.config import DATASETS, load_params
-from pipeline.datasets import MODULES
+from pipeline.data.datasets import MODULES
 from tests.conftest import ROOT
 
 PROJECT_PACKAGES = ("pipeline", "stages", "models")
 # shared on purpose: the demo's annotations are in YouCook2 format (see dvc.yaml)
-SHARED_EXTRA = {"manifest": {"pipeline/datasets/youcook2.py"}}
+SHARED_EXTRA = {"manifest": {"pipeline/data/datasets/youcook2.py"}}
 
 
 def module_file(name: str) -> Path | None:
@@ -89,7 +89,7 @@ def test_deps_cover_imports_and_nothing_stale(name):
     needed = project_imports(cmd[2])
     base, _, ds = name.partition("@")
     base = base.partition("[")[0]
-    if base == "manifest":  # imported lazily through pipeline.datasets.parser
+    if base == "manifest":  # imported lazily through pipeline.data.datasets.parser
         needed |= project_imports(MODULES[ds])
     deps = _paths(st.get("deps"))
     assert needed <= deps, f"{name}: dvc.yaml deps miss {sorted(needed - deps)}"

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import FinetuneParams, ModelParams, TrainParams
-from pipeline.evaluate import EvaluateError, evaluate
-from pipeline.runs import finetune, pretrain
-from pipeline.store import ShardWriter, VideoRecord, recipe_sha256, write_index
+from pipeline.evaluate.recall import EvaluateError, evaluate
+from pipeline.learn.runs import finetune, pretrain
+from pipeline.features.store import ShardWriter, VideoRecord, recipe_sha256, write_index
 
 K = 4
 
@@ -111,7 +111,7 @@ def test_evaluate_without_any_checkpoint_is_a_clear_error(project, tmp_path):
 
 
 def test_paper_rows_are_in_the_youcook2_table():
-    from pipeline.evaluate import markdown
+    from pipeline.evaluate.recall import markdown
     prov = {"clips_official": 3350, "clips_present": 0, "clips_missing": 3350, "split": "val",
             "audit": None}
     md = markdown("youcook2", {}, prov)

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 import yaml
 
 from pipeline.config import ClusterParams, ExtractParams
-from pipeline.decode import SIZE_3D
-from pipeline.extract import ExtractError, classify, extract, plan_shards
-from pipeline.ledger import AVAILABILITY_SCHEMA
-from pipeline.store import FeatureStore, StoreError, read_shard_rows, scan
-from pipeline.weights import CLIP_MEAN, load_backbone
+from pipeline.features.decode import SIZE_3D
+from pipeline.features.extract import ExtractError, classify, extract, plan_shards
+from pipeline.download.ledger import AVAILABILITY_SCHEMA
+from pipeline.features.store import FeatureStore, StoreError, read_shard_rows, scan
+from pipeline.features.weights import CLIP_MEAN, load_backbone
 from tests.conftest import ROOT
 from tests.test_decode import run_reference
 
@@ -186,7 +186,7 @@ def test_features_equal_a_plain_forward_of_the_reference_frames(store, media):
 
 
 def test_logmel_is_the_recipe_on_the_decoded_audio(store, media):
-    from pipeline.logmel import logmel
+    from pipeline.features.logmel import logmel
     _, files = media
     audio = run_reference(files["align12s___"])["audio"]
     want = logmel(audio).half().numpy()
@@ -287,7 +287,7 @@ def test_missing_official_weights_is_one_clear_error(media, tmp_path):
 
 
 def test_classify_precedence():
-    from pipeline.decode import DecodePlan
+    from pipeline.features.decode import DecodePlan
     p = DecodePlan(Path("x"), 320, 240, 0, True, 10.0, 0, 1)
     assert classify(p, 10, 240, 160000, 0.5, None) == ("ok", [], None)
     st, flags, msg = classify(p, 4, 96, 64000, 0.5, None)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from pipeline.config import ClusterParams
-from pipeline.extract import extract
-from pipeline.store import FeatureStore
+from pipeline.features.extract import extract
+from pipeline.features.store import FeatureStore
 from tests.test_extract import PARAMS, ledger, video
 
 pytestmark = [pytest.mark.gpu,

@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from pipeline.config import ClusterParams, DownloadParams
-from pipeline.download import download
-from pipeline.ledger import Journal, read_attempts, read_availability
+from pipeline.download.runner import download
+from pipeline.download.ledger import Journal, read_attempts, read_availability
 from stages import audit as audit_stage
 from stages import download as download_stage
 from tests.conftest import ROOT
@@ -259,7 +259,7 @@ def test_an_unreadable_downloaded_file_is_that_videos_local_error(tmp_path, medi
 
 @pytest.mark.skipif(_reads_mode_000(), reason="permissions do not bind this process")
 def test_a_videos_folder_that_cannot_be_written_is_local_error(tmp_path, media):
-    from pipeline.fetch import Fetcher
+    from pipeline.download.fetch import Fetcher
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.mp4").write_bytes(media["ok"])
     (tmp_path / "v").mkdir(mode=0o555)

@@ -28,10 +28,10 @@ import yaml
 
 from pipeline.cluster import ClusterError, check_address
 from pipeline.config import ClusterParams, ExtractParams, Params, to_dict
-from pipeline.extract import classify, extract
-from pipeline.ledger import AVAILABILITY_SCHEMA
+from pipeline.features.extract import classify, extract
+from pipeline.download.ledger import AVAILABILITY_SCHEMA
 from pipeline.safety import LOCK_NAME, UnsafeInputError
-from pipeline.store import (AV_MISMATCH, INDEX_SCHEMA, STATUSES, FeatureStore, ShardWriter,
+from pipeline.features.store import (AV_MISMATCH, INDEX_SCHEMA, STATUSES, FeatureStore, ShardWriter,
                             StoreError, VideoRecord, scan, sum_path, write_index)
 from stages.extract import main
 from tests.conftest import ROOT
@@ -478,7 +478,7 @@ def test_video_and_audio_of_very_different_lengths_are_flagged(project, caplog):
 
 
 def test_classify_flags_av_mismatch_beyond_the_tolerance():
-    from pipeline.decode import DecodePlan
+    from pipeline.features.decode import DecodePlan
     p = DecodePlan(Path("x"), 320, 240, 0, True, 12.0, 0, 1)
     st, flags, msg = classify(p, 3, 72, 12 * 16000, 0.5, None, 2.0)
     assert st == AV_MISMATCH and "video 3.00 s, audio 12.00 s" in msg

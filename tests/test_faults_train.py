@@ -20,11 +20,11 @@ import pytest
 import torch
 import yaml
 
-from pipeline.avdata import PretrainVideos, collate_videos
-from pipeline.ledger import AVAILABILITY_SCHEMA
+from pipeline.learn.avdata import PretrainVideos, collate_videos
+from pipeline.download.ledger import AVAILABILITY_SCHEMA
 from pipeline.safety import DiskSpaceError, free_bytes
-from pipeline.store import FeatureStore, ShardWriter, StoreError, VideoRecord, write_index
-from pipeline.train import (CHECKPOINT, CHECKSUMS, FINAL, PREVIOUS, CheckpointError,
+from pipeline.features.store import FeatureStore, ShardWriter, StoreError, VideoRecord, write_index
+from pipeline.learn.train import (CHECKPOINT, CHECKSUMS, FINAL, PREVIOUS, CheckpointError,
                             TrainError, load_checkpoint, train)
 from stages import evaluate as evaluate_stage
 from stages import finetune as finetune_stage
@@ -167,7 +167,7 @@ def test_a_checkpoint_without_a_record_is_checked_by_loading(tmp_path, whole):
 def test_kill_between_the_record_and_the_renames_loses_nothing(tmp_path, whole, monkeypatch):
     """The record names the new checkpoint before the renames: a kill there must leave every
     file on disk recognised as good (none moved aside as corrupt)."""
-    import pipeline.train as pt
+    import pipeline.learn.train as pt
     d = tmp_path / "run"
     cut_run(d, 2)
     real = os.replace

@@ -13,7 +13,7 @@ import pytest
 from yt_dlp.extractor.common import InfoExtractor
 
 from pipeline.config import DownloadParams
-from pipeline.fetch import Fetcher
+from pipeline.download.fetch import Fetcher
 
 sys.modules.setdefault("tests.test_format_selection", sys.modules[__name__])
 BASE: list[str] = []     # the local server's URL, set by the fixture

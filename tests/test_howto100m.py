@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 
 from pipeline.config import HowTo100MManifestParams
-from pipeline.datasets import howto100m
-from pipeline.manifest import ManifestError, read_clips, read_videos, validate, write_manifest
-from pipeline.sources import Sources
+from pipeline.data.datasets import howto100m
+from pipeline.data.manifest import ManifestError, read_clips, read_videos, validate, write_manifest
+from pipeline.data.sources import Sources
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "video_id,category_1,category_2,rank,task_id\n"
@@ -60,7 +60,7 @@ def test_columns_in_any_order(tmp_path):
 
 def test_with_captions(tmp_path, caplog):
     csv_path, cap_path = write(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="pipeline.datasets.howto100m"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.datasets.howto100m"):
         m = howto100m.parse_files(csv_path, cap_path, "howto100m")
     validate(m, "howto100m")
     assert [(c["clip_id"], c["video_id"], c["start_s"], c["end_s"], c["text"], c["source"])

@@ -1,11 +1,11 @@
-"""Log-Mel recipe (pipeline/logmel.py) against the golden values of features.md."""
+"""Log-Mel recipe (pipeline/features/logmel.py) against the golden values of features.md."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.logmel import frames_for, logmel
+from pipeline.features.logmel import frames_for, logmel
 
 
 def golden_wave() -> np.ndarray:

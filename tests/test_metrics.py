@@ -1,4 +1,4 @@
-"""Retrieval metrics (pipeline/metrics.py): golden values of avlnet.md, a brute-force oracle,
+"""Retrieval metrics (pipeline/evaluate/metrics.py): golden values of avlnet.md, a brute-force oracle,
 ties, chunking and the two missing-clip protocols."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.metrics import (chance, ranks_from_blocks, ranks_from_embeddings,
+from pipeline.evaluate.metrics import (chance, ranks_from_blocks, ranks_from_embeddings,
                               retrieval_metrics, summarize)
 
 X6 = torch.tensor([[.9, .1, .3, .2, 0, .5], [.2, .5, .6, .1, 0, .3], [.4, 0, .8, .9, .7, .1],

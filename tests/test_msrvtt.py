@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 
 from pipeline.config import MsrvttManifestParams
-from pipeline.datasets import msrvtt
-from pipeline.manifest import ManifestError, read_clips, read_videos, validate, write_manifest
-from pipeline.sources import Sources
+from pipeline.data.datasets import msrvtt
+from pipeline.data.manifest import ManifestError, read_clips, read_videos, validate, write_manifest
+from pipeline.data.sources import Sources
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "msrvtt"

@@ -10,7 +10,7 @@ import zipfile
 import pytest
 import yaml
 
-from pipeline.sources import SourceError, Sources, sha256_tree
+from pipeline.data.sources import SourceError, Sources, sha256_tree
 
 BODY = b'{"database": {}}\n'
 SHA = hashlib.sha256(BODY).hexdigest()

@@ -22,11 +22,11 @@ from yt_dlp.networking.exceptions import HTTPError, IncompleteRead, TransportErr
 from yt_dlp.utils import DownloadError as YtDownloadError
 from yt_dlp.utils import ExtractorError, GeoRestrictedError, UnsupportedError
 
-from pipeline.availability import REASONS, classify, normalize
+from pipeline.download.availability import REASONS, classify, normalize
 from pipeline.config import ClusterParams, DownloadParams
-from pipeline.download import Breaker, download
-from pipeline.fetch import Fetcher
-from pipeline.ledger import PENDING, UNAVAILABLE, read_attempts, read_availability
+from pipeline.download.runner import Breaker, download
+from pipeline.download.fetch import Fetcher
+from pipeline.download.ledger import PENDING, UNAVAILABLE, read_attempts, read_availability
 
 # The orchestrator loads extractors by name ("tests.test_taxonomy:FakeYouTubeIE") while pytest
 # imports this file as "test_taxonomy": one module object under both names keeps one TABLE.
@@ -524,7 +524,7 @@ class _Clock:
 
 
 def _control(state):
-    from pipeline import download
+    from pipeline.download import runner as download
     c = download.Control.__new__(download.Control)  # no dask: only the pause logic is under test
     c.name = f"test-{id(c)}"
     download._STATE[c.name] = state                  # what the driver pushes to each worker
@@ -532,13 +532,13 @@ def _control(state):
 
 
 def test_worker_pause_sleeps_until_the_cool_down_ends(monkeypatch):
-    import pipeline.download
+    import pipeline.download.runner
     clock = _Clock(100.0)
-    monkeypatch.setattr(pipeline.download, "time", clock)
+    monkeypatch.setattr(pipeline.download.runner, "time", clock)
     _control({"pause_until": 101.5}).wait_if_paused()
     assert sum(clock.slept) == pytest.approx(1.5) and max(clock.slept) <= 1.0
     clock = _Clock(100.0)
-    monkeypatch.setattr(pipeline.download, "time", clock)
+    monkeypatch.setattr(pipeline.download.runner, "time", clock)
     _control({"pause_until": 101.5, "stop": "disk full"}).wait_if_paused()   # stop beats pause
     assert clock.slept == []
     _control({"pause_until": 99.0}).wait_if_paused()                         # already over
@@ -547,9 +547,9 @@ def test_worker_pause_sleeps_until_the_cool_down_ends(monkeypatch):
 
 # regression: the cool-down ending between two clock readings gave time.sleep a negative
 def test_worker_pause_survives_the_cool_down_ending_mid_check(monkeypatch):
-    import pipeline.download
+    import pipeline.download.runner
     clock = _Clock(101.4999, tick=0.0002)   # the cool-down ends between two clock readings
-    monkeypatch.setattr(pipeline.download, "time", clock)
+    monkeypatch.setattr(pipeline.download.runner, "time", clock)
     _control({"pause_until": 101.5}).wait_if_paused()
     assert clock.t >= 101.5
 

@@ -1,4 +1,4 @@
-"""Training loop (pipeline/train.py) and training data (pipeline/avdata.py): a tiny AVLnet learns
+"""Training loop (pipeline/learn/train.py) and training data (pipeline/learn/avdata.py): a tiny AVLnet learns
 separable data, a run stopped mid-epoch resumes to the same parameters, windows read the right
 rows of a feature store."""
 from __future__ import annotations
@@ -14,11 +14,11 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.avdata import AnnotatedClips, ClipRef, PretrainVideos, collate_videos
+from pipeline.learn.avdata import AnnotatedClips, ClipRef, PretrainVideos, collate_videos
 from pipeline.config import ModelParams, TrainParams
-from pipeline.store import FeatureStore, ShardWriter, VideoRecord, write_index
-from pipeline.metrics import retrieval_metrics
-from pipeline.train import CHECKPOINT, TrainError, embed, epoch_batches, train
+from pipeline.features.store import FeatureStore, ShardWriter, VideoRecord, write_index
+from pipeline.evaluate.metrics import retrieval_metrics
+from pipeline.learn.train import CHECKPOINT, TrainError, embed, epoch_batches, train
 from tests.conftest import ROOT
 
 TINY = TrainParams(model=ModelParams(embed_dim=32, audio_widths=[8, 8, 16, 16]), workers=0,
@@ -58,7 +58,7 @@ def test_epoch_batches_are_seeded_and_drop_the_last_partial():
 def test_tiny_config_learns_separable_data(tmp_path):
     data = Separable()
     from torch.utils.data import DataLoader
-    from pipeline.train import build_model
+    from pipeline.learn.train import build_model
     losses = []
     train(tmp_path / "run", data, collate, TINY, items_per_batch=16, epochs=6, lr=1e-3,
           lr_decay=0.9, on_step=lambda r: losses.append(r["loss"]))
@@ -226,7 +226,7 @@ RUN = """
 import sys, dataclasses
 from pathlib import Path
 from tests.test_train import TINY, Separable, collate
-from pipeline.train import train
+from pipeline.learn.train import train
 p = dataclasses.replace(TINY, checkpoint_every=1)
 train(Path(sys.argv[1]), Separable(n=40), collate, p, items_per_batch=8, epochs=3, lr=1e-3,
       lr_decay=0.9)
@@ -302,7 +302,7 @@ import os, sys
 os.sched_setaffinity(0, set(range(int(sys.argv[1]))))   # a machine with this many cores
 import pathlib
 from pipeline.config import ModelParams, TrainParams
-from pipeline.train import train
+from pipeline.learn.train import train
 from tests.test_train import Separable, collate
 p = TrainParams(model=ModelParams(embed_dim=64, audio_widths=[16, 16, 32, 32]), workers=0,
                 checkpoint_every=100, seed=1, threads=int(sys.argv[2]))

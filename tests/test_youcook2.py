@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import YouCook2ManifestParams
-from pipeline.datasets import youcook2
-from pipeline.manifest import ManifestError, validate, write_manifest
-from pipeline.sources import Sources
+from pipeline.data.datasets import youcook2
+from pipeline.data.manifest import ManifestError, validate, write_manifest
+from pipeline.data.sources import Sources
 from tests.conftest import ROOT
 
 REAL = "youcook2/youcookii_annotations_trainval.json"

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.manifest import ManifestError
+from pipeline.data.manifest import ManifestError
 
 
 def load_json(path: Path) -> Any:

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.availability import Outcome, classify
+from pipeline.download.availability import Outcome, classify
 from pipeline.config import DownloadParams
-from pipeline.ledger import AVAILABLE, TRANSIENT, UNAVAILABLE, now
-from pipeline.manifest import YOUTUBE_ID
+from pipeline.download.ledger import AVAILABLE, TRANSIENT, UNAVAILABLE, now
+from pipeline.data.manifest import YOUTUBE_ID
 from pipeline.media import MediaAccessError, ProbeError, SpecialFileError, check_regular, probe
-from pipeline.sources import sha256_file
+from pipeline.data.sources import sha256_file
 
 log = logging.getLogger(__name__)
 

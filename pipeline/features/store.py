@@ -42,9 +42,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.manifest import write_parquet_atomic
+from pipeline.data.manifest import write_parquet_atomic
 from pipeline.safety import UserError, check_safe_id
-from pipeline.sources import sha256_file as file_sha256
+from pipeline.data.sources import sha256_file as file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from pathlib import Path, PurePosixPath
 import pyarrow as pa
 
 from pipeline.config import SourceParams
-from pipeline.datasets.common import load_json, require, youtube_url
-from pipeline.manifest import Manifest, ManifestError, check_video_id, parse_time
-from pipeline.sources import Sources
+from pipeline.data.datasets.common import load_json, require, youtube_url
+from pipeline.data.manifest import Manifest, ManifestError, check_video_id, parse_time
+from pipeline.data.sources import Sources
 
 log = logging.getLogger(__name__)
 

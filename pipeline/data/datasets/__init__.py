@@ -5,16 +5,16 @@ import importlib
 from typing import Callable
 
 from pipeline.config import SourceParams
-from pipeline.manifest import Manifest
-from pipeline.sources import Sources
+from pipeline.data.manifest import Manifest
+from pipeline.data.sources import Sources
 
 # dataset -> module with parse(sources, params) -> Manifest
 MODULES = {
-    "demo": "pipeline.datasets.demo",
-    "youcook2": "pipeline.datasets.youcook2",
-    "msrvtt": "pipeline.datasets.msrvtt",
-    "crosstask": "pipeline.datasets.crosstask",
-    "howto100m": "pipeline.datasets.howto100m",
+    "demo": "pipeline.data.datasets.demo",
+    "youcook2": "pipeline.data.datasets.youcook2",
+    "msrvtt": "pipeline.data.datasets.msrvtt",
+    "crosstask": "pipeline.data.datasets.crosstask",
+    "howto100m": "pipeline.data.datasets.howto100m",
 }
 
 

@@ -19,7 +19,7 @@ from models.resnet2d import MEAN as RGB_MEAN
 from models.resnet2d import STD as RGB_STD
 from models.resnet2d import ResNet152Features, load_resnet_state
 from models.resnext3d import StateDictError, load_resnext_state, resnext101
-from pipeline.sources import sha256_file
+from pipeline.data.sources import sha256_file
 
 log = logging.getLogger(__name__)
 

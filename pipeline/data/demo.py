@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from pipeline.config import DemoParams
-from pipeline.manifest import YOUTUBE_ID, write_json_atomic
+from pipeline.data.manifest import YOUTUBE_ID, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -46,20 +46,20 @@ from tqdm import tqdm
 
 from models.resnet2d import MEAN as RGB_MEAN
 from models.resnet2d import STD as RGB_STD
-from pipeline import decode as dec
+from pipeline.features import decode as dec
 from pipeline.cluster import connect, follow
 from pipeline.config import ClusterParams, ExtractParams, to_dict
-from pipeline.ledger import AVAILABLE
-from pipeline.logmel import RECIPE as LOGMEL_RECIPE
-from pipeline.logmel import logmel
-from pipeline.manifest import write_json_atomic
+from pipeline.download.ledger import AVAILABLE
+from pipeline.features.logmel import RECIPE as LOGMEL_RECIPE
+from pipeline.features.logmel import logmel
+from pipeline.data.manifest import write_json_atomic
 from pipeline.media import MediaAccessError, ProbeError
 from pipeline.safety import (DiskSpaceError, UserError, check_free_space, check_safe_id,
                              free_bytes, move_aside, resolve_inside, writer_lock)
-from pipeline.store import (AV_MISMATCH, FAILED, OK, STATUSES, ShardWriter, VideoRecord,
+from pipeline.features.store import (AV_MISMATCH, FAILED, OK, STATUSES, ShardWriter, VideoRecord,
                             file_sha256, recipe_sha256, scan, shard_name, shard_number, sum_path,
                             write_index, write_sum)
-from pipeline.weights import BACKBONES, CLIP_MEAN, load_backbone, resolve_weights
+from pipeline.features.weights import BACKBONES, CLIP_MEAN, load_backbone, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ MISSING = "media file missing"
 UNREADABLE = "media file unreadable"   # permissions, I/O, a special file: retried once readable
 STORE_BYTES_PER_S = 19.5e3     # store bytes per second of video (float16: 2D + 3D + log-Mel)
 HEADROOM = 1 << 20             # bytes kept free beyond each write's own size (HDF5 metadata)
-CODE_FILES = ("pipeline/decode.py", "pipeline/logmel.py", "pipeline/extract.py",
+CODE_FILES = ("pipeline/features/decode.py", "pipeline/features/logmel.py", "pipeline/features/extract.py",
               "models/resnet2d.py", "models/resnext3d.py")
 
 
@@ -91,7 +91,7 @@ def _versions() -> dict[str, str]:
                             timeout=30).stdout.splitlines()[0]
     except (OSError, IndexError, subprocess.TimeoutExpired):
         ff = "unknown"
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     code = hashlib.sha256()
     for rel in CODE_FILES:
         code.update((root / rel).read_bytes())
@@ -571,7 +571,7 @@ def check_weights(dataset: str, p: ExtractParams) -> tuple[tuple[str, str], dict
     so that weights the workers could not load stop the run here, before the store is touched
     -> ((2D, 3D) weights, 2D recipe entry, 3D recipe entry). ExtractError naming the file and
     the param otherwise. Random weights are valid by construction and are not built here."""
-    from pipeline.weights import WeightsError
+    from pipeline.features.weights import WeightsError
     weights, params = _weights(dataset, p)
     recipes = []
     for backbone, w, param in zip(("resnet152", "resnext101"), weights, params):

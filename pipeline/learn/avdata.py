@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import Dataset
 
 from models.avlnet import video_input
-from pipeline.sampling import CLIP_FRAMES, WINDOW_FRAMES, draw_starts, pad_or_crop, window
-from pipeline.store import FeatureStore, StoreError
+from pipeline.learn.sampling import CLIP_FRAMES, WINDOW_FRAMES, draw_starts, pad_or_crop, window
+from pipeline.features.store import FeatureStore, StoreError
 
 log = logging.getLogger(__name__)
 

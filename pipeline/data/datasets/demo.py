@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from pipeline.config import SourceParams
-from pipeline.datasets.youcook2 import parse_file
-from pipeline.manifest import Manifest
-from pipeline.sources import Sources
+from pipeline.data.datasets.youcook2 import parse_file
+from pipeline.data.manifest import Manifest
+from pipeline.data.sources import Sources
 
 
 def parse(sources: Sources, params: SourceParams) -> Manifest:

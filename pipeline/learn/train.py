@@ -2,7 +2,7 @@
 atomic self-describing checkpoints, and a resume that continues exactly where a run stopped.
 
 Determinism: batch composition depends only on (seed, epoch) and every item only on (seed,
-epoch, index) (pipeline/avdata.py), so a run resumed from a mid-epoch checkpoint sees the same
+epoch, index) (pipeline/learn/avdata.py), so a run resumed from a mid-epoch checkpoint sees the same
 batches as an uninterrupted one; with the optimizer state restored it reaches the same
 parameters (bit for bit on the CPU).
 
@@ -33,10 +33,10 @@ from tqdm import tqdm
 
 from models.avlnet import AVLnet
 from models.losses import LOSSES
-from pipeline.avdata import checked_batches
+from pipeline.learn.avdata import checked_batches
 from pipeline.config import ModelParams, TrainParams, to_dict
 from pipeline.safety import UserError, check_free_space, move_aside
-from pipeline.sources import sha256_file
+from pipeline.data.sources import sha256_file
 
 log = logging.getLogger(__name__)
 

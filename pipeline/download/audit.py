@@ -12,8 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.ledger import AVAILABLE, PENDING, STATUSES, now, read_availability
-from pipeline.manifest import read_clips, read_videos, write_json_atomic, write_parquet_atomic
+from pipeline.download.ledger import AVAILABLE, PENDING, STATUSES, now, read_availability
+from pipeline.data.manifest import read_clips, read_videos, write_json_atomic, write_parquet_atomic
 from pipeline.safety import check_safe_id
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ PAPER_COUNTS: dict[str, dict[str, dict]] = {
 }
 
 _TRANSIENT = "transient: re-run the download later"
-# one line per reason in the report (reasons as in pipeline/availability.py and datasets.md)
+# one line per reason in the report (reasons as in pipeline/download/availability.py and datasets.md)
 REASON_MEANING = {
     "bot_check": f"{_TRANSIENT}, with cookies (cookiefile) and slower pacing",
     "rate_limited": f"{_TRANSIENT}, with slower pacing or a proxy",

@@ -8,9 +8,9 @@ from urllib.parse import parse_qs, urlsplit
 import pyarrow as pa
 
 from pipeline.config import MsrvttManifestParams
-from pipeline.datasets.common import load_json, read_csv, require, youtube_url
-from pipeline.manifest import Manifest, ManifestError, check_video_id, parse_time
-from pipeline.sources import Sources
+from pipeline.data.datasets.common import load_json, read_csv, require, youtube_url
+from pipeline.data.manifest import Manifest, ManifestError, check_video_id, parse_time
+from pipeline.data.sources import Sources
 
 SPLITS = ("train_7k", "train_9k", "test_1k_a")
 OFFICIAL_SPLITS = ("train", "validate", "test")

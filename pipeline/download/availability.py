@@ -10,7 +10,7 @@ import re
 import socket
 from dataclasses import dataclass
 
-from pipeline.ledger import NEEDS_AUTH, PENDING, TRANSIENT, UNAVAILABLE
+from pipeline.download.ledger import NEEDS_AUTH, PENDING, TRANSIENT, UNAVAILABLE
 
 # kind -> the status a failure of that kind leaves the video in. Rate limiting and bot checks
 # leave it pending: nothing was learnt about the video itself.

@@ -1,5 +1,5 @@
 """Pretraining and fine-tuning runs: a feature store and a manifest -> a trained AVLnet
-(pipeline/train.py does the loop). Each run records what it was trained on in its checkpoints:
+(pipeline/learn/train.py does the loop). Each run records what it was trained on in its checkpoints:
 dataset, split checksum, feature recipe hash, clips used and missing."""
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from typing import Iterable
 
 import torch
 
-from pipeline.avdata import AnnotatedClips, ClipRef, PretrainVideos, collate_videos
+from pipeline.learn.avdata import AnnotatedClips, ClipRef, PretrainVideos, collate_videos
 from pipeline.config import FinetuneParams, TrainParams
-from pipeline.manifest import read_clips, read_videos, write_json_atomic
+from pipeline.data.manifest import read_clips, read_videos, write_json_atomic
 from pipeline.safety import writer_lock
-from pipeline.sampling import CLIP_FRAMES, TRAIN_SPLIT
-from pipeline.store import FeatureStore, recipe_sha256
-from pipeline.train import TrainError, train
+from pipeline.learn.sampling import CLIP_FRAMES, TRAIN_SPLIT
+from pipeline.features.store import FeatureStore, recipe_sha256
+from pipeline.learn.train import TrainError, train
 
 log = logging.getLogger(__name__)
 

@@ -22,16 +22,16 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.avdata import AnnotatedClips
+from pipeline.learn.avdata import AnnotatedClips
 from pipeline.config import ModelParams, ParamsError, from_dict
-from pipeline.ledger import read_availability
-from pipeline.manifest import write_json_atomic
-from pipeline.metrics import KS, chance, metrics_from_ranks, ranks_from_embeddings
-from pipeline.runs import collate_clips, load_clips, provenance, verify_features
+from pipeline.download.ledger import read_availability
+from pipeline.data.manifest import write_json_atomic
+from pipeline.evaluate.metrics import KS, chance, metrics_from_ranks, ranks_from_embeddings
+from pipeline.learn.runs import collate_clips, load_clips, provenance, verify_features
 from pipeline.safety import UserError
-from pipeline.sampling import CLIP_FRAMES, EVAL_SPLIT
-from pipeline.store import FeatureStore
-from pipeline.train import CheckpointError, build_model, embed, load_checkpoint, \
+from pipeline.learn.sampling import CLIP_FRAMES, EVAL_SPLIT
+from pipeline.features.store import FeatureStore
+from pipeline.learn.train import CheckpointError, build_model, embed, load_checkpoint, \
     load_model_state
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def evaluate(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict
 
     A setting whose checkpoint is missing is an EvaluateError (nothing written) unless
     allow_missing (then a warning and the reports without it). availability (the ledger) is
-    read through pipeline.ledger.read_availability: with videos_root and videos_dir its paths
+    read through pipeline.download.ledger.read_availability: with videos_root and videos_dir its paths
     must stay inside videos_dir. verify: how the feature shards are checked (FeatureStore)."""
     dev = torch.device(device if device != "auto" else
                        ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -8,9 +8,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline.config import HowTo100MManifestParams
-from pipeline.datasets.common import load_json, read_csv, require, youtube_url
-from pipeline.manifest import YOUTUBE_ID, Manifest, ManifestError, check_video_id, parse_time
-from pipeline.sources import Sources
+from pipeline.data.datasets.common import load_json, read_csv, require, youtube_url
+from pipeline.data.manifest import YOUTUBE_ID, Manifest, ManifestError, check_video_id, parse_time
+from pipeline.data.sources import Sources
 
 log = logging.getLogger(__name__)
 

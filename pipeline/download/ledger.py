@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.manifest import write_parquet_atomic
+from pipeline.data.manifest import write_parquet_atomic
 from pipeline.safety import UnsafeInputError, UserError, check_safe_id, resolve_inside
 
 log = logging.getLogger(__name__)

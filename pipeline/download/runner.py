@@ -27,12 +27,12 @@ from tqdm import tqdm
 
 from pipeline.cluster import connect, follow
 from pipeline.config import ClusterParams, DownloadParams, to_dict
-from pipeline.fetch import (Fetcher, backoff, check_id, file_ok, local_failure, new_attempt_id,
+from pipeline.download.fetch import (Fetcher, backoff, check_id, file_ok, local_failure, new_attempt_id,
                             source_unchanged, thread_fetcher)
-from pipeline.ledger import (AVAILABLE, NEEDS_AUTH, PENDING, TRANSIENT, Journal,
+from pipeline.download.ledger import (AVAILABLE, NEEDS_AUTH, PENDING, TRANSIENT, Journal,
                              current_status, latest_urls, now, read_attempts, read_journal,
                              seal_journal, seal_leftovers, write_availability)
-from pipeline.manifest import write_json_atomic
+from pipeline.data.manifest import write_json_atomic
 from pipeline.safety import STALE_DIR, UserError, writer_lock
 
 log = logging.getLogger(__name__)
