@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine: system tools (ffmpeg, espeak-ng) via apt when missing, then the
-# Python venv in .venv from the pinned requirements. Re-runs reuse the venv and skip installs
-# whose requirement files have not changed. Usage: bash setup.sh [--test]
+# Python venv in .venv from the pinned requirements, and the project installed in it (editable:
+# the `avl` command). Re-runs reuse the venv and skip installs whose requirement files and
+# pyproject.toml have not changed. Usage: bash setup.sh [--test]
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -41,13 +42,20 @@ fi
 
 files=(requirements.txt)
 [ $want_test -eq 1 ] && files+=(requirements-test.txt)
-stamp=".venv/.setup-stamp-$(cat "${files[@]}" | sha256sum | cut -c1-16)"
-if [ ! -f "$stamp" ]; then
+# pyproject.toml too: a changed entry point or package list re-installs the project
+stamp=".venv/.setup-stamp-$(cat "${files[@]}" pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ] || [ ! -x .venv/bin/avl ]; then
   echo "setup: installing Python packages (first run: a few minutes, ~5 GB for torch)" >&2
   args=()
   for f in "${files[@]}"; do args+=(-r "$f"); done
-  .venv/bin/python -m pip install -q --disable-pip-version-check "${args[@]}"
+  pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+  "${pip[@]}" "${args[@]}"
+  # the project itself, editable (the code stays here; `avl` goes on the venv's PATH).
+  # --no-deps: its dependencies are the pins above; --no-build-isolation: built with the
+  # pinned setuptools just installed, nothing else fetched
+  "${pip[@]}" --no-deps --no-build-isolation -e .
   .venv/bin/python -c 'import torch, torchvision, torchaudio, yt_dlp, h5py, pyarrow, dask, dvc, av'
+  .venv/bin/avl --help >/dev/null
   touch "$stamp"
 fi
 echo "setup: ready (.venv, $(ffmpeg -version | head -n1 | cut -d' ' -f1-3))" >&2

@@ -11,7 +11,13 @@ from typing import Any, Literal
 
 import yaml
 
-DATASETS = ("demo", "youcook2", "msrvtt", "crosstask", "howto100m")
+DATASETS = ("demo", "youcook2", "msrvtt", "crosstask", "howto100m")   # built-in kinds
+OWN_KINDS = ("custom", "lsmdc")   # one's own media / a licensed dataset: any number, any name
+KINDS = DATASETS + OWN_KINDS
+# a dataset name: a folder, a DVC stage key and a file name at once
+NAME = re.compile(r"\A[a-z0-9][a-z0-9_-]{0,63}\Z")
+# names that would collide with the reports' own folders
+RESERVED_NAMES = {"curves": "reports/recall/curves", "status": "reports/availability/status"}
 INT_MAX = 2**31 - 1   # no count, size or seed here needs more; 1e30 is a typo, not a setting
 
 
@@ -55,6 +61,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             _fail(key, f"expected a list, got {type(value).__name__} {value!r}")
         (item_tp,) = typing.get_args(tp)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            _fail(key, f"expected a mapping, got {type(value).__name__} {value!r}")
+        key_tp, item_tp = typing.get_args(tp)
+        return {_coerce(k, key_tp, f"{key} key"): _coerce(v, item_tp, f"{key}.{k}")
+                for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if value is None:
             value = {}
@@ -87,7 +99,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     """Builds dataclass `cls` from a mapping; unknown keys and bad values raise ParamsError."""
     hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
+    known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     for k in data:
         if k not in known:
             _fail(f"{prefix}.{k}".lstrip("."), f"unknown key (known keys: {', '.join(known)})")
@@ -111,8 +123,23 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
 
 
 def to_dict(obj: Any) -> Any:
-    """The resolved params as plain YAML-able data."""
-    return dataclasses.asdict(obj)
+    """The resolved params as plain YAML-able data, keyed as in params.yaml (own datasets'
+    manifest entries under their names; fields set by the stages left out)."""
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.metadata.get("internal"):
+                if isinstance(value, dict):   # ManifestSection.own
+                    out.update({k: to_dict(v) for k, v in value.items()})
+                continue
+            out[f.name] = to_dict(value)
+        return out
+    if isinstance(value := obj, (list, tuple)):
+        return [to_dict(v) for v in value]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
 
 
 # --------------------------------------------------------------------------- sections
@@ -126,7 +153,8 @@ class DemoParams:
     n_videos: int = param(40, "number of videos generated", ge=4, le=2000)
     n_val: int = param(12, "videos in the validation split (the rest are training)", ge=1)
     n_concepts: int = param(10, "distinct audio-visual concepts used (at most 12)", ge=2, le=12)
-    # >= 5 s: a segment (3 s at least) needs its leading gap (2 s at least, see pipeline/data/demo.py)
+    # >= 5 s: a segment (3 s at least) needs its leading gap (2 s at least, see
+    # pipeline/data/demo.py)
     min_duration_s: float = param(12.0, "shortest video, seconds", ge=5.0, le=600.0)
     max_duration_s: float = param(26.0, "longest video, seconds", ge=5.0, le=600.0)
     segments_per_video: int = param(5, "annotated concept segments per video (at most; as many "
@@ -157,9 +185,11 @@ class DemoParams:
 class SourceParams:
     """Where a dataset's official annotation files come from (stage `manifest@<ds>`)."""
 
-    source_dir: str | None = param(None, "folder holding the official files; null means "
-                                         "data/sources/<dataset> (filled by download)")
-    download: bool = param(True, "fetch missing official files from the pinned URLs")
+    source_dir: str | None = param(None, "a local folder holding the official files: `avl "
+                                         "sources <dataset>` copies them from there into "
+                                         "data/sources/<dataset>; null: it downloads them")
+    download: bool = param(True, "`avl sources <dataset>` downloads missing official files "
+                                 "from the pinned URLs (the stage itself never downloads)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,15 +224,76 @@ class HowTo100MManifestParams(SourceParams):
     captions: bool = param(False, "also read caption.json into clips (large: ~136 M rows)")
 
 
+MEDIA_EXTENSIONS = ["mp4", "mkv", "webm", "mov", "avi", "m4v", "mpg", "mpeg", "ts", "mts",
+                    "m2ts", "flv", "wmv", "3gp", "ogv", "mxf", "vob", "divx"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CustomManifestParams:
+    """One's own media (kind `custom`): a folder and/or a list of URLs or paths, with optional
+    clip annotations. Relative paths are inside data/sources/<name>/ (the stage's DVC dep)."""
+
+    media: str | None = param("media", "folder of media files, searched recursively (any "
+                                       "container ffmpeg reads); null: none")
+    media_list: str | None = param(None, "CSV or JSONL of media: a `url` (any site yt-dlp "
+                                   "supports, or file:) or `path` column; optional `id`, "
+                                   "`split`, `title`")
+    annotations: str | None = param(None, "clip annotations: CSV/JSONL with video (id, path, "
+                                          "file name or url), start, end, text, split; or "
+                                          "a YouCook2-format JSON. null: one clip per video, "
+                                          "the whole video")
+    extensions: list[str] = param(MEDIA_EXTENSIONS, "file name endings taken from `media` "
+                                                    "(case-insensitive); [] takes every file")
+    split: str = param("test", "split of videos and clips that name none")
+
+    def __post_init__(self) -> None:
+        if self.media is None and self.media_list is None:
+            _fail("media", "set `media` (a folder) or `media_list` (a CSV/JSONL of URLs or "
+                           "paths)")
+        if not NAME.match(self.split):
+            _fail("split", f"{self.split!r} is not a plain name (a-z, 0-9, _ and -)")
+
+
+@dataclasses.dataclass(frozen=True)
+class LsmdcManifestParams:
+    """LSMDC (kind `lsmdc`, licensed: the clips are local files). Relative paths are inside
+    data/sources/<name>/."""
+
+    media: str = param("media", "folder of the clips (<movie>/<clip_id>.avi as distributed; "
+                                "searched recursively, any container)")
+    annotations: dict[str, str] = param(
+        {"train": "LSMDC16_annos_training.csv", "val": "LSMDC16_annos_val.csv",
+         "test": "LSMDC16_challenge_1000_publictect.csv"},
+        "split -> the official tab-separated annotation file (clip id, aligned start/end, "
+        "extracted start/end, sentence)")
+
+    def __post_init__(self) -> None:
+        if not self.annotations:
+            _fail("annotations", "name at least one split's annotation file")
+        for split in self.annotations:
+            if not NAME.match(split):
+                _fail("annotations", f"{split!r} is not a plain split name")
+
+
+OWN_PARAMS = {"custom": CustomManifestParams, "lsmdc": LsmdcManifestParams}
+
+
 @dataclasses.dataclass(frozen=True)
 class ManifestSection:
-    """One entry per dataset; each manifest@<ds> stage reads only its own."""
+    """One entry per dataset; each manifest@<ds> stage reads only its own. Entries of custom
+    and lsmdc datasets are keyed by the dataset's name (parsed into `own`)."""
 
     demo: DemoManifestParams = param(DemoManifestParams(), "demo")
     youcook2: YouCook2ManifestParams = param(YouCook2ManifestParams(), "YouCook2")
     msrvtt: MsrvttManifestParams = param(MsrvttManifestParams(), "MSR-VTT")
     crosstask: CrossTaskManifestParams = param(CrossTaskManifestParams(), "CrossTask")
     howto100m: HowTo100MManifestParams = param(HowTo100MManifestParams(), "HowTo100M")
+    own: dict = dataclasses.field(default_factory=dict, metadata={
+        "doc": "custom and lsmdc datasets' entries by name", "internal": True})
+
+    def of(self, name: str) -> Any:
+        """The entry of dataset `name` (built-in or own)."""
+        return self.own[name] if name in self.own else getattr(self, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,17 +365,36 @@ class DownloadParams:
                                     "falls below this, GB", ge=0)
     est_mb_per_minute: float = param(12.0, "disk estimate per minute of video when no file "
                                            "has been downloaded yet, MB", gt=0)
-    breaker_threshold: int = param(5, "bot-check/rate-limit failures within breaker_window_s "
-                                      "that pause all workers", ge=1)
-    breaker_window_s: float = param(300.0, "circuit-breaker window, seconds", gt=0)
-    breaker_cooldown_s: float = param(900.0, "pause after the breaker trips, seconds", ge=0)
+    breaker_threshold: int = param(5, "network/throttling failures in a row (connection "
+                                      "refused/reset, DNS, timeouts, HTTP 5xx/429/403, bot "
+                                      "checks; within breaker_window_s) that trip the circuit "
+                                      "breaker: all workers pause, one known-good video is "
+                                      "probed, and the run stops cleanly when it keeps failing",
+                                   ge=1, le=10_000)
+    breaker_window_s: float = param(300.0, "the failures in a row count only within this long, "
+                                           "seconds", gt=0)
+    breaker_cooldown_s: float = param(900.0, "pause between the breaker's first probe and the "
+                                             "second (the run stops if that fails too), "
+                                             "seconds", ge=0)
     max_transient_fraction: float = param(0.5, "fail the stage when more than this fraction "
                                                "of tried videos ends in a transient failure",
                                           ge=0, le=1)
     lock_wait_s: float = param(0.0, "when another run writes this dataset's ledger: wait up to "
                                     "this long for it, seconds, then stop naming it", ge=0)
+    max_videos: int = param(0, "download a sample: the first N videos by video_id (after the "
+                               "`splits` filter; YouTube ids are random, so a fair sample that "
+                               "a larger N extends), per dataset; 0 = all", ge=0, le=INT_MAX)
+    splits: list[str] = param([], "download only videos of these splits (a video in several "
+                                  "splits is taken when any is listed); [] = all")
+    # set by the stage for own media (not a params.yaml key): file: URLs under this folder are
+    # referenced where they are (probed and hashed, never copied)
+    reference_root: str | None = dataclasses.field(default=None, metadata={
+        "doc": "own media's folder, referenced in place", "internal": True})
 
     def __post_init__(self) -> None:
+        for i, split in enumerate(self.splits):
+            if not split or "," in split or split != split.strip():
+                _fail(f"splits[{i}]", f"{split!r} is not a split name")
         if self.max_sleep_interval_s and self.max_sleep_interval_s < self.sleep_interval_s:
             _fail("max_sleep_interval_s", f"must be >= sleep_interval_s ({self.sleep_interval_s})")
         if self.proxy is not None and "://" not in self.proxy:
@@ -381,7 +491,8 @@ class ModelParams:
 class TrainParams:
     """Stage train (pretraining on random 10 s windows) and the training loop both stages use."""
 
-    dataset: Literal["howto100m", "demo"] = param("demo", "pretraining data (feature store)")
+    dataset: str = param("demo", "pretraining data, by name in `datasets` (howto100m for the "
+                                 "paper; any dataset with features works)")
     model: ModelParams = param(ModelParams(), "model and loss")
     epochs: int = param(30, "epochs (paper: 30)", ge=1, le=100_000)
     videos_per_batch: int = param(128, "N videos per batch (paper: 128)", ge=1, le=65536)
@@ -412,8 +523,8 @@ class TrainParams:
 class FinetuneParams:
     """Stage finetune@<dataset>: the pretrained model on the dataset's annotated train clips."""
 
-    datasets: list[Literal["demo", "youcook2", "msrvtt", "crosstask"]] = param(  # type: ignore[valid-type]
-        ["demo"], "datasets fine-tuned (each needs its features)")
+    datasets: list[str] = param(["demo"], "datasets fine-tuned, by name (each needs its "
+                                          "features and annotated train clips)")
     init: Literal["pretrained", "none"] = param("pretrained", "start from stage train's model, "
                                                               "or from scratch (the paper's "
                                                               "'target only' rows)")
@@ -433,8 +544,8 @@ class FinetuneParams:
 class EvaluateParams:
     """Stage evaluate@<dataset>: recall tables of each setting's checkpoint."""
 
-    datasets: list[Literal["demo", "youcook2", "msrvtt", "crosstask"]] = param(  # type: ignore[valid-type]
-        ["demo"], "datasets evaluated (each needs its features)")
+    datasets: list[str] = param(["demo"], "datasets evaluated, by name (each needs its "
+                                          "features)")
     settings: list[Literal["zero_shot", "fine_tuned"]] = param(
         ["zero_shot", "fine_tuned"], "zero_shot: stage train's model; fine_tuned: "
                                      "finetune@<dataset>'s (see allow_missing)")
@@ -445,13 +556,35 @@ class EvaluateParams:
                                        "warning (false: that is an error)")
     verify: Literal["sha256", "size"] = param("sha256", "how evaluation checks the feature "
                                                         "shards before reading them")
+    checkpoints: dict[str, str] = param(
+        {}, "more settings, each one checkpoint file: setting name -> path from the project "
+            "root (e.g. released: data/models/released/AVLnet_release.pth). Our checkpoints "
+            "and bare state_dicts (the authors' release) alike: a file without a recorded "
+            "config has it inferred from its shapes. Under data/models/ DVC tracks the file's "
+            "content; elsewhere only its path (this param)")
+
+    def __post_init__(self) -> None:
+        if not self.settings and not self.checkpoints:
+            _fail("settings", "nothing to evaluate: settings is empty and checkpoints names no "
+                              "file; list a setting or add a checkpoint")
+        for name, path in self.checkpoints.items():
+            if not NAME.match(name):
+                _fail(f"checkpoints.{name}", "not a usable setting name (a-z, 0-9, _ and -, "
+                                             "at most 64, starting with a letter or digit)")
+            if name in ("zero_shot", "fine_tuned", "target_only"):
+                _fail(f"checkpoints.{name}", "a built-in setting's name (listed in settings); "
+                                             "choose another, e.g. released")
+            if not path.strip():
+                _fail(f"checkpoints.{name}", "an empty path; give the checkpoint file")
 
 
 @dataclasses.dataclass(frozen=True)
 class Params:
     """The whole params.yaml."""
 
-    datasets: list[Literal[DATASETS]] = param(["demo"], "datasets the pipeline runs")  # type: ignore[valid-type]
+    datasets: dict[str, Literal[KINDS]] = param(  # type: ignore[valid-type]
+        {"demo": "demo"}, "datasets the pipeline runs: name -> kind (a built-in dataset "
+                          "keeps its own name; custom and lsmdc ones take any name)")
     demo: DemoParams = param(DemoParams(), "demo generator")
     manifest: ManifestSection = param(ManifestSection(), "manifest stage")
     cluster: ClusterParams = param(ClusterParams(), "dask cluster for download and extraction")
@@ -462,8 +595,44 @@ class Params:
     evaluate: EvaluateParams = param(EvaluateParams(), "evaluation stage")
 
     def __post_init__(self) -> None:
-        if len(set(self.datasets)) != len(self.datasets):
-            _fail("datasets", f"lists a dataset twice: {self.datasets}")
+        for name, kind in self.datasets.items():
+            if not NAME.match(name):
+                _fail("datasets", f"{name!r} is not a usable name (a-z, 0-9, _ and -, at most "
+                                  "64, starting with a letter or digit)")
+            if name in RESERVED_NAMES:
+                _fail("datasets", f"{name!r} is reserved (a folder of the reports: "
+                                  f"{RESERVED_NAMES[name]}); choose another name")
+            if kind in DATASETS and name != kind:
+                _fail(f"datasets.{name}", f"a built-in dataset keeps its name: write "
+                                          f"`{kind}: {kind}`")
+            if kind in OWN_KINDS and name in DATASETS:
+                _fail(f"datasets.{name}", f"{name!r} is a built-in dataset's name; choose "
+                                          "another for a " + kind + " dataset")
+        for key in ("finetune", "evaluate"):
+            for name in getattr(self, key).datasets:
+                if name not in self.datasets:
+                    _fail(f"{key}.datasets", f"{name!r} is not in `datasets` "
+                                             f"({', '.join(self.datasets)})")
+        if self.train.dataset not in self.datasets:
+            _fail("train.dataset", f"{self.train.dataset!r} is not in `datasets` "
+                                   f"({', '.join(self.datasets)})")
+
+    def media_dirs(self, name: str, videos_dir: Path) -> list[Path]:
+        """Where dataset `name`'s media may lie: its videos folder (downloads), plus for own
+        media the media folder they are referenced in (data/sources/<name>/<media>, or an
+        absolute folder)."""
+        out = [Path(videos_dir)]
+        if self.kind(name) in OWN_KINDS and self.manifest.of(name).media is not None:
+            media = Path(self.manifest.of(name).media)
+            out.append(media if media.is_absolute() else Path("data/sources", name, media))
+        return out
+
+    def kind(self, name: str) -> str:
+        """The kind of dataset `name`; ParamsError when `name` is not configured."""
+        if name not in self.datasets:
+            _fail("datasets", f"no dataset named {name!r} (configured: "
+                              f"{', '.join(self.datasets)}); add `{name}: <kind>` to it")
+        return self.datasets[name]
 
 
 class _Loader(yaml.SafeLoader):
@@ -511,6 +680,32 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level")
     try:
-        return from_dict(Params, data)
+        return _with_own_entries(data)
     except ParamsError as e:
         raise ParamsError(f"{path}: {e}") from None
+
+
+def _with_own_entries(data: dict) -> Params:
+    """Params from `data`, with the manifest entries of custom/lsmdc datasets (keyed by their
+    names, which the fixed ManifestSection does not know) parsed into `manifest.own`."""
+    datasets = data.get("datasets")
+    if isinstance(datasets, list):
+        _fail("datasets", "is a mapping name -> kind now, e.g. `datasets: {demo: demo, "
+                          "youcook2: youcook2}`")
+    data = dict(data)
+    section = data.get("manifest")
+    own_kinds = {n: k for n, k in (datasets or {}).items() if k in OWN_KINDS} \
+        if isinstance(datasets, dict) else {}
+    entries = {}
+    if isinstance(section, dict):
+        section = dict(section)
+        entries = {n: section.pop(n) for n in list(section) if n in own_kinds}
+        data["manifest"] = section
+    params = from_dict(Params, data)
+    own = {}
+    for name, kind in own_kinds.items():
+        entry = entries.get(name)
+        if entry is None and kind == "custom":
+            entry = {}
+        own[name] = _coerce(entry, OWN_PARAMS[kind], f"manifest.{name}")
+    return dataclasses.replace(params, manifest=dataclasses.replace(params.manifest, own=own))

@@ -194,9 +194,11 @@ def resolve_inside(root: Path, rel: object, allowed: Iterable[Path], where: str)
     `allowed` (folders relative to `root`), else UnsafeInputError. Lexical, no system call, so
     a ledger of a million rows checks in seconds; whether the file is a regular one is checked
     where it is opened (media.check_regular)."""
-    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or "\0" in rel:
+    if not isinstance(rel, str) or not rel or "\0" in rel or (
+            os.path.isabs(rel) and not any(os.path.isabs(a) for a in allowed)):
         raise UnsafeInputError(f"{where}: path {rel!r} must be relative to the project folder")
     root = os.path.abspath(root)
+    # an absolute path only for own media referenced outside the project (absolute `allowed`)
     full = os.path.normpath(os.path.join(root, rel))
     for a in allowed:
         base = os.path.normpath(os.path.join(root, a))

@@ -1,36 +1,45 @@
 """Stage download@<ds>: fetch the manifest's videos with yt-dlp on dask; write the ledger."""
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
-from pipeline.download.availability import advice
-from pipeline.cluster import ClusterError
-from pipeline.config import DATASETS, load_params
-from pipeline.download.runner import DownloadError, download
-from pipeline.data.manifest import read_videos
-from stages.common import run
+import click
+
+from stages.common import CONTEXT, PATH, dataset_option, invoke, params_option, run
 
 log = logging.getLogger("stages.download")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m stages.download", description=__doc__)
-    ap.add_argument("--dataset", required=True, choices=DATASETS)
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--manifest", type=Path, help="default manifests/<ds>")
-    ap.add_argument("--videos", type=Path, help="media folder, default data/videos/<ds>")
-    ap.add_argument("--ledger", type=Path, help="attempts history, default data/ledger/<ds>")
-    ap.add_argument("--recheck-unavailable", action="store_true",
-                    help="also re-try unavailable / needs_auth videos (as the param does)")
-    args = ap.parse_args(argv)
+@click.command("download", help=__doc__, context_settings=CONTEXT)
+@dataset_option
+@params_option
+@click.option("--manifest", type=PATH,
+              help="manifest folder (videos.parquet in, availability.parquet out)  "
+                   "[default: manifests/<dataset>]")
+@click.option("--videos", type=PATH, help="media folder  [default: data/videos/<dataset>]")
+@click.option("--ledger", type=PATH,
+              help="attempts history (journal)  [default: data/ledger/<dataset>]")
+@click.option("--recheck-unavailable", is_flag=True,
+              help="also re-try unavailable / needs_auth videos (as the param "
+                   "download.recheck_unavailable does)")
+def cli(**kw) -> int:
+    args = SimpleNamespace(**kw)
     ds = args.dataset
     manifest = args.manifest or Path("manifests", ds)
 
     def body() -> int:
+        from pipeline.config import load_params
+        from pipeline.data.manifest import read_videos
+        from pipeline.download.availability import advice
+        from pipeline.download.runner import download
         params = load_params(args.params)
         p = params.download
+        media = params.media_dirs(ds, Path("data/videos", ds))[1:]
+        if media:   # own media: local files referenced in place, never copied
+            p = dataclasses.replace(p, reference_root=str(media[0]))
         s = download(ds, read_videos(manifest / "videos.parquet"), p, params.cluster,
                      args.videos or Path("data/videos", ds), args.ledger or Path("data/ledger", ds),
                      manifest / "availability.parquet", Path.cwd(),
@@ -49,7 +58,17 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
 
-    return run(f"download@{ds}", body, (DownloadError, ClusterError, FileNotFoundError))
+    def own_errors() -> tuple:
+        from pipeline.cluster import ClusterError
+        from pipeline.download.runner import DownloadError
+        return (DownloadError, ClusterError, FileNotFoundError)
+
+    return run(f"download@{ds}", body, own_errors, dataset=ds, params=args.params)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m stages.download [options]` (as dvc.yaml runs it): the exit code."""
+    return invoke(cli, argv, "python -m stages.download")
 
 
 if __name__ == "__main__":

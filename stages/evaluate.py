@@ -3,37 +3,51 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
-from pipeline.config import load_params
-from pipeline.evaluate.recall import EvaluateError, evaluate
-from pipeline.features.store import StoreError
-from stages.common import clip_stage_parser, parse_clip_stage, run
+import click
+
+from stages.common import CONTEXT, PATH, clip_stage_options, fill_clip_defaults, invoke, run
 
 log = logging.getLogger("stages.evaluate")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = clip_stage_parser("python -m stages.evaluate", __doc__)
-    ap.add_argument("--models", type=Path, default=Path("data/models"),
-                    help="pretrain/final.pt (zero-shot) and finetune-<ds>/final.pt")
-    ap.add_argument("--out", type=Path, default=Path("reports/recall"))
-    args = parse_clip_stage(ap, argv)
+@click.command("evaluate", help=__doc__, context_settings=CONTEXT)
+@clip_stage_options
+@click.option("--models", type=PATH, default=Path("data/models"), show_default=True,
+              help="pretrain/final.pt (zero-shot) and finetune-<dataset>/final.pt; "
+                   "evaluate.checkpoints adds settings, any files")
+@click.option("--out", type=PATH, default=Path("reports/recall"), show_default=True,
+              help="reports folder: <dataset>.{json,md,png,html} and <dataset>/")
+def cli(**kw) -> int:
+    args = fill_clip_defaults(SimpleNamespace(**kw))
     ds = args.dataset
 
     def body() -> int:
+        from pipeline.config import load_params
+        from pipeline.evaluate.recall import evaluate, setting_checkpoints
         params = load_params(args.params)
         p = params.evaluate
-        where = {"zero_shot": args.models / "pretrain" / "final.pt",
-                 "fine_tuned": args.models / f"finetune-{ds}" / "final.pt"}
-        evaluate(ds, args.features, args.manifest, {s: where[s] for s in p.settings}, args.out,
+        checkpoints = setting_checkpoints(ds, args.models, p.settings, p.checkpoints)
+        evaluate(ds, args.features, args.manifest, checkpoints, args.out,
                  availability=args.manifest / "availability.parquet", videos_root=Path.cwd(),
-                 videos_dir=Path("data/videos", ds), batch=p.batch, examples=p.examples,
+                 videos_dir=params.media_dirs(ds, Path("data/videos", ds)), batch=p.batch, examples=p.examples,
                  device=p.device, allow_missing=p.allow_missing, verify=p.verify,
                  clip_frames=params.finetune.clip_frames)   # the length it was fine-tuned on
         log.info("%s: reports in %s/%s.{json,md,png,html}", ds, args.out, ds)
         return 0
 
-    return run(f"evaluate@{ds}", body, (EvaluateError, StoreError))
+    def own_errors() -> tuple:
+        from pipeline.evaluate.recall import EvaluateError
+        from pipeline.features.store import StoreError
+        return (EvaluateError, StoreError)
+
+    return run(f"evaluate@{ds}", body, own_errors, dataset=ds, params=args.params)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m stages.evaluate [options]` (as dvc.yaml runs it): the exit code."""
+    return invoke(cli, argv, "python -m stages.evaluate")
 
 
 if __name__ == "__main__":

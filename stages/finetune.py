@@ -3,25 +3,27 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
-from pipeline.config import load_params
-from pipeline.learn.runs import finetune
-from pipeline.features.store import StoreError
-from pipeline.learn.train import TrainError
-from stages.common import clip_stage_parser, parse_clip_stage, run
+import click
+
+from stages.common import CONTEXT, PATH, clip_stage_options, fill_clip_defaults, invoke, run
 
 log = logging.getLogger("stages.finetune")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = clip_stage_parser("python -m stages.finetune", __doc__)
-    ap.add_argument("--init", type=Path, default=Path("data/models/pretrain/final.pt"),
-                    help="pretrained model (ignored with finetune.init: none)")
-    ap.add_argument("--out", type=Path, help="default data/models/finetune-<ds>")
-    args = parse_clip_stage(ap, argv)
+@click.command("finetune", help=__doc__, context_settings=CONTEXT)
+@clip_stage_options
+@click.option("--init", type=PATH, default=Path("data/models/pretrain/final.pt"),
+              show_default=True, help="pretrained model (ignored with finetune.init: none)")
+@click.option("--out", type=PATH, help="model folder  [default: data/models/finetune-<dataset>]")
+def cli(**kw) -> int:
+    args = fill_clip_defaults(SimpleNamespace(**kw))
     ds = args.dataset
 
     def body() -> int:
+        from pipeline.config import load_params
+        from pipeline.learn.runs import finetune
         params = load_params(args.params)
         p = params.finetune
         s = finetune(ds, args.features, args.manifest,
@@ -30,7 +32,17 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: %d steps, last loss %.4f", ds, s["steps"], s.get("loss", float("nan")))
         return 0
 
-    return run(f"finetune@{ds}", body, (TrainError, StoreError))
+    def own_errors() -> tuple:
+        from pipeline.features.store import StoreError
+        from pipeline.learn.train import TrainError
+        return (TrainError, StoreError)
+
+    return run(f"finetune@{ds}", body, own_errors, dataset=ds, params=args.params)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m stages.finetune [options]` (as dvc.yaml runs it): the exit code."""
+    return invoke(cli, argv, "python -m stages.finetune")
 
 
 if __name__ == "__main__":

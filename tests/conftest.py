@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import http.server
+import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -9,6 +11,31 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def copy_project(dest: Path) -> Path:
+    """The project's files as a fresh clone has them (tracked, plus untracked ones git does not
+    ignore) copied to `dest`; skips the test when git is missing."""
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_mp4(tmp_path_factory) -> bytes:
+    """The bytes of a 1 s, 32x24 mp4 with a sine tone: media for download tests."""
+    out = tmp_path_factory.mktemp("media") / "x.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i",
+                    "testsrc=size=32x24:rate=2", "-f", "lavfi", "-i", "sine", "-t", "1",
+                    "-c:v", "libx264", "-c:a", "aac", "-shortest", str(out)], check=True,
+                   timeout=60)
+    return out.read_bytes()
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import pytest
 
 from pipeline.download.audit import (PAPER_COUNTS, REASON_MEANING, audit_and_write, audit_dataset,
                             read_snapshot, write_summary)
-from pipeline.download.ledger import ATTEMPT_SCHEMA, attempts_table, current_status, write_availability
+from pipeline.download.ledger import (ATTEMPT_SCHEMA, attempts_table, current_status,
+                                      write_availability)
 from pipeline.data.manifest import Manifest, read_videos, write_manifest
 from stages import audit as audit_stage
 
@@ -163,13 +164,37 @@ def test_video_in_two_splits_counts_in_both(tmp_path):
     assert (out / "test_1k_a" / "missing_ids.txt").read_text().splitlines()[1:] == []
 
 
-def test_missing_ids_file(youcook2, tmp_path):
-    audit_and_write("youcook2", youcook2, tmp_path / "out")
-    lines = (tmp_path / "out" / "youcook2" / "val" / "missing_ids.txt").read_text().splitlines()
+def _ids(path: Path) -> list[str]:
+    lines = path.read_text().splitlines()
     assert lines[0].startswith("# ") and len([x for x in lines if x.startswith("#")]) == 1
-    assert lines[1:] == ["AAAAAAAAAA5", "AAAAAAAAAA6", "AAAAAAAAAA7"]
-    lines = (tmp_path / "out" / "youcook2" / "train" / "missing_ids.txt").read_text().splitlines()
-    assert lines[1:] == ["AAAAAAAAAA2", "AAAAAAAAAA3"]   # no audio, private
+    return lines[1:]
+
+
+def test_missing_ids_split_known_gone_from_never_reached(youcook2, tmp_path):
+    """missing_ids.txt: known gone (or without audio); never_reached_ids.txt: pending or a
+    failure a re-run may fix. Each unusable video is in exactly one of them."""
+    write_ledger(youcook2, ROUND1 + [attempt("AAAAAAAAAA4", "transient_failure", "network",
+                                             "transient", hour=3)])
+    r = audit_and_write("youcook2", youcook2, tmp_path / "out")
+    out = tmp_path / "out" / "youcook2"
+    # val: 4 now a network failure, 5 bot-checked (pending), 6 never tried, 7 age-restricted
+    assert _ids(out / "val" / "missing_ids.txt") == ["AAAAAAAAAA7"]
+    assert _ids(out / "val" / "never_reached_ids.txt") == ["AAAAAAAAAA4", "AAAAAAAAAA5",
+                                                           "AAAAAAAAAA6"]
+    # train: 2 has no audio, 3 is private; 1 is usable
+    assert _ids(out / "train" / "missing_ids.txt") == ["AAAAAAAAAA2", "AAAAAAAAAA3"]
+    assert _ids(out / "train" / "never_reached_ids.txt") == []
+    # the JSON and the summary count what the files list
+    for split, gone, never in (("train", 2, 0), ("val", 1, 3), ("total", 3, 3)):
+        c = r["splits"][split]
+        assert (c["videos_known_gone"], c["videos_never_reached"]) == (gone, never)
+        assert c["videos_with_audio"] + gone + never == c["videos_listed"]
+    write_summary({"youcook2": r}, tmp_path / "out")
+    rows = json.loads((tmp_path / "out" / "summary.json").read_text())["rows"]
+    assert [(w["split"], w["videos_known_gone"], w["videos_never_reached"]) for w in rows] == \
+        [("train", 2, 0), ("val", 1, 3), ("total", 3, 3)]
+    md = (tmp_path / "out" / "youcook2.md").read_text()
+    assert "3 known gone or without audio" in md and "3 not reached yet" in md
 
 
 def test_changes_since_previous_audit(youcook2, tmp_path, monkeypatch):
@@ -243,7 +268,7 @@ def test_every_ledger_reason_is_explained():
 
 def test_stage_end_to_end(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text("datasets: [demo]\n")
+    (tmp_path / "params.yaml").write_text("datasets: {demo: demo}\n")
     mdir = Path("manifests/demo")
     make_manifest(mdir, "demo", {"DDDDDDDDDD1": "train", "-DDDDDDDDD2": "val"},
                   [("d1:0", "DDDDDDDDDD1", "train"), ("d1:1", "DDDDDDDDDD1", "train"),
@@ -254,16 +279,129 @@ def test_stage_end_to_end(tmp_path, monkeypatch, caplog):
     assert audit_stage.main([]) == 0
     out = tmp_path / "reports" / "availability"
     for f in ("demo.json", "demo.md", "demo.png", "summary.json", "summary.md",
-              "demo/snapshot.parquet", "demo/train/missing_ids.txt", "demo/val/missing_ids.txt"):
+              "demo/snapshot.parquet", "demo/train/missing_ids.txt", "demo/val/missing_ids.txt",
+              "demo/val/never_reached_ids.txt"):
         assert (out / f).is_file(), f
     r = json.loads((out / "demo.json").read_text())
     assert _pick(r["splits"]["total"]) == (2, 1, 1, 3, 2, round(2 / 3, 6))
-    assert (out / "demo" / "val" / "missing_ids.txt").read_text().splitlines()[1:] == ["-DDDDDDDDD2"]
+    assert _ids(out / "demo" / "val" / "never_reached_ids.txt") == ["-DDDDDDDDD2"]
+    assert _ids(out / "demo" / "val" / "missing_ids.txt") == []
     assert pq.read_table(out / "demo" / "snapshot.parquet").num_rows == 2
     assert "demo val: 1 videos, 0 available" in caplog.text
-    # a dataset without manifests is one clear error line and exit 2
-    (tmp_path / "params.yaml").write_text("datasets: [demo, youcook2]\n")
+    # a dataset without manifests: the others are audited, one warning line names it, exit 0
+    (tmp_path / "params.yaml").write_text("datasets: {demo: demo, youcook2: youcook2}\n")
     caplog.clear()
-    assert audit_stage.main([]) == 2
+    assert audit_stage.main([]) == 0
+    assert not [x for x in caplog.records if x.levelname == "ERROR"]
+    warnings = [x.getMessage() for x in caplog.records if x.levelname == "WARNING"]
+    assert len(warnings) == 1 and "manifests/youcook2/videos.parquet not found" in warnings[0]
+    assert "demo val: 1 videos, 0 available" in caplog.text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["datasets"]["youcook2"]["status"] == "missing_inputs"
+    assert summary["datasets"]["demo"]["status"] == "audited"
+    assert {r["dataset"] for r in summary["rows"]} == {"demo"}
+    assert not (out / "youcook2.json").exists()
+    # no dataset can be audited: one error line, exit 2
+    caplog.clear()
+    assert audit_stage.main(["--manifests", "elsewhere"]) == 2
     errors = [x.getMessage() for x in caplog.records if x.levelname == "ERROR"]
-    assert len(errors) == 1 and "manifests/youcook2/videos.parquet not found" in errors[0]
+    assert len(errors) == 1 and "no dataset could be audited" in errors[0] \
+        and "elsewhere/youcook2/videos.parquet not found" in errors[0] \
+        and "elsewhere/demo/videos.parquet not found" in errors[0]
+
+
+def _tree(folder: Path, prefix: str) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and str(p.relative_to(folder)).startswith(prefix)}
+
+
+@pytest.mark.parametrize("lost", ["availability.parquet", "videos.parquet"])
+def test_a_dataset_with_missing_inputs_keeps_its_last_good_reports_and_baseline(
+        lost, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("datasets: {demo: demo, youcook2: youcook2}\n")
+    demo = Path("manifests/demo")
+    make_manifest(demo, "demo", {"DDDDDDDDDD1": "train"}, [("d1:0", "DDDDDDDDDD1", "train")])
+    write_ledger(demo, [attempt("DDDDDDDDDD1", "available", has_audio=True)])
+    yc = Path("manifests/youcook2")
+    make_manifest(yc, "youcook2", {v: s for v, (s, _) in YC.items()},
+                  [(f"{v}:{i}", v, s) for v, (s, n) in YC.items() for i in range(n)])
+    write_ledger(yc, ROUND1)
+    times = iter([T0 + timedelta(days=d) for d in range(10)])
+    monkeypatch.setattr("pipeline.download.audit.now", lambda: next(times))
+    assert audit_stage.main([]) == 0
+    out = tmp_path / "reports" / "availability"
+    first = json.loads((out / "youcook2.json").read_text())["audit_date"]
+    kept = _tree(out, "youcook2")
+    assert "youcook2/snapshot.parquet" in kept and "youcook2.md" in kept
+
+    moved = tmp_path / lost
+    (yc / lost).rename(moved)
+    caplog.clear()
+    caplog.set_level("INFO")
+    assert audit_stage.main([]) == 0
+    warnings = [x.getMessage() for x in caplog.records if x.levelname == "WARNING"
+                and x.name.startswith("stages")]
+    assert len(warnings) == 1 and str(yc / lost) in warnings[0] and "youcook2" in warnings[0]
+    assert _tree(out, "youcook2") == kept                  # reports and baseline untouched
+    assert json.loads((out / "demo.json").read_text())["audit_date"] > first   # demo re-audited
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["datasets"]["youcook2"] == {
+        "status": "missing_inputs", "message": summary["datasets"]["youcook2"]["message"],
+        "last_good_audit": first}
+    assert str(yc / lost) in summary["datasets"]["youcook2"]["message"]
+    md = (out / "summary.md").read_text()
+    assert "Not audited this time" in md and f"last good audit: {first}" in md
+
+    # the inputs come back with news: compared with the last GOOD audit, not the failed one
+    moved.rename(yc / lost)
+    write_ledger(yc, ROUND1 + ROUND2)
+    assert audit_stage.main([]) == 0
+    r = json.loads((out / "youcook2.json").read_text())
+    assert r["changes"]["previous_audit"] == first
+    assert r["changes"]["newly_gone"]["ids"] == ["AAAAAAAAAA1"]
+    assert r["changes"]["came_back"]["ids"] == ["AAAAAAAAAA3"]
+
+
+def test_sample_is_reported_as_a_sample(tmp_path):
+    """A download of a sample (download.max_videos / splits, recorded in availability.parquet)
+    is audited over the sample plus every video tried; the rest are neither missing nor never
+    reached."""
+    mdir = tmp_path / "youcook2"
+    make_manifest(mdir, "youcook2", {v: s for v, (s, _) in YC.items()},
+                  [(f"{v}:{i}", v, s) for v, (s, n) in YC.items() for i in range(n)])
+    rows = sorted([attempt("AAAAAAAAAA4", "available", has_audio=True),
+                   attempt("AAAAAAAAAA1", "unavailable", "private", "permanent")],
+                  key=lambda r: r["video_id"])
+    table = current_status(read_videos(mdir / "videos.parquet"), attempts_table(rows))
+    # the sample: the first 2 val videos by id (4 and 5); 1 was tried in an earlier run
+    write_availability(table, mdir / "availability.parquet", {"max_videos": 2,
+                                                               "splits": ["val"]})
+    r = audit_and_write("youcook2", mdir, tmp_path / "out")
+    assert r["sample"] == {"videos": 3, "listed": 7, "max_videos": 2, "splits": ["val"]}
+    sp = r["splits"]
+    assert (sp["total"]["videos_listed"], sp["total"]["videos_in_manifest"]) == (3, 7)
+    assert (sp["val"]["videos_listed"], sp["val"]["videos_in_manifest"]) == (2, 4)
+    assert (sp["train"]["videos_listed"], sp["train"]["videos_in_manifest"]) == (1, 3)
+    assert sp["total"]["by_status"] == {"available": 1, "unavailable": 1, "needs_auth": 0,
+                                        "transient_failure": 0, "pending": 1}
+    assert sp["total"]["by_reason"] == {"private": 1, "not_checked": 1}
+    # clips: only those of sampled videos are listed; coverage is over them
+    assert (sp["val"]["clips_listed"], sp["val"]["clips_covered"],
+            sp["val"]["clips_in_manifest"]) == (3, 2, 5)
+    out = tmp_path / "out" / "youcook2"
+    assert _ids(out / "val" / "never_reached_ids.txt") == ["AAAAAAAAAA5"]
+    assert _ids(out / "val" / "missing_ids.txt") == []
+    assert _ids(out / "train" / "missing_ids.txt") == ["AAAAAAAAAA1"]
+    assert _ids(out / "train" / "never_reached_ids.txt") == []    # 2 and 3: not in the sample
+    md = (tmp_path / "out" / "youcook2.md").read_text()
+    assert "Sample of 3 of 7 listed videos (download.max_videos = 2; download.splits = val)" \
+        in md
+    write_summary({"youcook2": r}, tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["datasets"]["youcook2"]["sample"]["videos"] == 3
+    assert "Sample of 3 of 7" in (tmp_path / "out" / "summary.md").read_text()
+    # without a recorded sample the whole manifest counts, as before
+    write_availability(table, mdir / "availability.parquet")
+    r = audit_and_write("youcook2", mdir, tmp_path / "out")
+    assert r["sample"] is None and r["splits"]["total"]["videos_listed"] == 7

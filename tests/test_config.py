@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 
 def test_shipped_params_load_and_match_defaults():
     p = load_params(ROOT / "params.yaml")
-    assert p.datasets == ["demo"]
+    assert p.datasets == {"demo": "demo"}
     # params.yaml spells out every key, so the file documents the full configuration; its values
     # are the defaults except train / finetune, a small configuration for the CPU demo (the
     # defaults there are the paper's)
@@ -48,9 +48,10 @@ def _load(tmp_path, data):
     ({"demo": {"min_duration_s": 30, "max_duration_s": 20}}, "demo.min_duration_s", "<="),
     ({"demo": {"frame_sizes": ["320x241"]}}, "demo.frame_sizes[0]", "WIDTHxHEIGHT"),
     ({"demo": {"n_val": 40}}, "demo.n_val", "< n_videos"),
-    ({"datasets": ["demo", "kinetics"]}, "datasets[1]", "one of"),
-    ({"datasets": ["demo", "demo"]}, "datasets", "twice"),
-    ({"datasets": "demo"}, "datasets", "expected a list"),
+    ({"datasets": {"demo": "demo", "kinetics": "kinetics"}}, "datasets.kinetics", "one of"),
+    ({"datasets": ["demo"]}, "datasets", "mapping name -> kind"),
+    ({"datasets": "demo"}, "datasets", "expected a mapping"),
+    ({"evaluate": {"datasets": ["youcook2"]}}, "evaluate.datasets", "not in `datasets`"),
     ({"manifest": {"msrvtt": {"splits": ["test_1k_b"]}}}, "manifest.msrvtt.splits[0]", "one of"),
     ({"manifest": {"demo": None, "youcook2": 3}}, "manifest.youcook2", "mapping"),
 ])

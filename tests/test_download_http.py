@@ -202,9 +202,9 @@ def test_a_retry_after_a_failure_succeeds(fetcher, server, mp4, tmp_path):
 
 # --------------------------------------------------------------------------- hostile ids
 
-HOSTILE_IDS = ["../../etc/pa", "a/b", "", "abc/defghij", "abcdefghi..", "...........",
+HOSTILE_IDS = ["../../etc/pa", "a/b", "", "abc/defghij", "...........", ".hidden",
                "abc defghij", "abcdefghij ", " abcdefghij", "abcdefghij/", "abcdefghij\\",
-               "abcdefghijkl", "abcdefghij", "abcdefghij\u00e9", "abc\x00defghij",
+               "x" * 201, "abcdefghij\u00e9", "abc\x00defghij",
                "\nabcdefghij", None, 12345678901, b"abcdefghijk",
                # "$" (not \Z) with .match would let the trailing newline in
                "abcdefghijk\n", "abcdefghijk\r", "abcdefghijk\x00"]
@@ -217,12 +217,15 @@ def test_check_id_rejects(vid):
 
 
 @pytest.mark.parametrize("vid", ["dQw4w9WgXcQ", "a-b_c-d_e-f", "___________", "-----------",
-                                 "00000000000"])
+                                 "00000000000",
+                                 # own media's ids (custom.stable_id, LSMDC clip ids)
+                                 "abcdefghij", "my_clip-3fa9c2b1e0",
+                                 "0001_American_Beauty_00.00.51.926-00.00.54.129"])
 def test_check_id_accepts(vid):
     assert check_id(vid) == vid
 
 
-@pytest.mark.parametrize("vid", ["../../etc/pa", "a/b", "", "abc/defghij", "abcdefghi..",
+@pytest.mark.parametrize("vid", ["../../etc/pa", "a/b", "", "abc/defghij", "..abcdefghi",
                                  "abc defghij", "abcdefghijk\n"])
 def test_attempt_rejects_hostile_ids_before_any_request(vid, server, tmp_path):
     base, _, seen = server

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import copy_project
 
 TINY_CLUSTER = {"workers": 1, "threads_per_worker": 2, "processes": True}
 TINY_EXTRACT = {"shard_videos": 2}
@@ -47,15 +46,7 @@ def _set_params(project: Path, fn) -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """The tracked project files (as a fresh clone has them) in a new git repo."""
-    if shutil.which("git") is None:
-        pytest.skip("git not installed")
-    dest = tmp_path_factory.mktemp("clone") / "p"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
+    dest = copy_project(tmp_path_factory.mktemp("clone") / "p")
     _set_params(dest, lambda d: (d["demo"].update(TINY_DEMO), d["cluster"].update(TINY_CLUSTER),
                                  d["extract"].update(TINY_EXTRACT), d["train"].update(TINY_TRAIN),
                                  d["finetune"].update(TINY_FINETUNE)))
@@ -94,7 +85,7 @@ def test_repro_runs_the_whole_demo(project):
     assert recipe["resnet152"]["weights_sha256"] == "random-seed-0"
     for run in ("pretrain", "finetune-demo"):
         assert (project / f"data/models/{run}/final.pt").is_file()
-    recall = json.loads((project / "reports/recall/demo.json").read_text())
+    recall = json.loads((project / "reports/recall/demo/details.json").read_text())["metrics"]
     assert recall["fine_tuned/paper/n_queries"] == 1
     assert 0 <= recall["zero_shot/paper/audio_to_video_R@10"] <= 1
     for ext in ("md", "png", "html"):

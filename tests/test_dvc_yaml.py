@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import DATASETS, load_params
+from pipeline.config import DATASETS, KINDS, OWN_KINDS, load_params
 from pipeline.data.datasets import MODULES
 from tests.conftest import ROOT
 
@@ -50,9 +50,12 @@ def project_imports(module: str) -> set[str]:
     return seen
 
 
-FOREACH = {"${datasets}": DATASETS,
-           "${finetune.datasets}": ("demo", "youcook2", "msrvtt", "crosstask"),
-           "${evaluate.datasets}": ("demo", "youcook2", "msrvtt", "crosstask")}
+# name -> kind: every built-in dataset, plus own-media datasets under names of their own
+ALL_DATASETS = {**{k: k for k in DATASETS}, **{f"my-{k}": k for k in OWN_KINDS}}
+CLIP_DATASETS = ("demo", "youcook2", "msrvtt", "crosstask", *(f"my-{k}" for k in OWN_KINDS))
+FOREACH = {"${datasets}": ALL_DATASETS,
+           "${finetune.datasets}": CLIP_DATASETS,
+           "${evaluate.datasets}": CLIP_DATASETS}
 
 
 def expanded_stages() -> dict[str, dict]:
@@ -62,8 +65,13 @@ def expanded_stages() -> dict[str, dict]:
     out = {}
     for name, st in raw.items():
         if "foreach" in st:
-            for ds in FOREACH[st["foreach"]]:
-                text = yaml.safe_dump(st["do"]).replace("${item}", ds)
+            items = FOREACH[st["foreach"]]
+            for ds in items:
+                text = yaml.safe_dump(st["do"])
+                if isinstance(items, dict):  # foreach over a mapping: ${key} name, ${item} kind
+                    text = text.replace("${key}", ds).replace("${item}", items[ds])
+                else:
+                    text = text.replace("${item}", ds)
                 out[f"{name}@{ds}"] = yaml.safe_load(text)
         elif "${train.dataset}" in yaml.safe_dump(st):
             for ds in ("demo", "howto100m"):
@@ -90,7 +98,7 @@ def test_deps_cover_imports_and_nothing_stale(name):
     base, _, ds = name.partition("@")
     base = base.partition("[")[0]
     if base == "manifest":  # imported lazily through pipeline.data.datasets.parser
-        needed |= project_imports(MODULES[ds])
+        needed |= project_imports(MODULES[ALL_DATASETS[ds]])
     deps = _paths(st.get("deps"))
     assert needed <= deps, f"{name}: dvc.yaml deps miss {sorted(needed - deps)}"
     code_deps = {d for d in deps if d.endswith(".py")}
@@ -115,12 +123,15 @@ def test_cmd_paths_are_declared_and_params_exist(name):
     for key in st.get("params", []):
         obj = params
         for part in key.split("."):
+            if part.startswith("my-"):  # an own dataset's entry: not in the project's params
+                break
             obj = getattr(obj, part)  # AttributeError = a params entry that does not exist
 
 
 def test_each_dataset_has_a_parser_module_and_source_spec():
+    for kind in KINDS:
+        assert module_file(MODULES[kind]) is not None, kind
     for ds in DATASETS:
-        assert module_file(MODULES[ds]) is not None, ds
         if ds != "demo":  # the demo's source.yaml is written by stage `demo`
             assert (ROOT / "manifests" / ds / "source.yaml").exists(), ds
     assert re.search(r"foreach: \$\{datasets\}", (ROOT / "dvc.yaml").read_text())

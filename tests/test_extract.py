@@ -324,6 +324,7 @@ def test_kill_9_mid_run_then_rerun_keeps_finished_shards(media, tmp_path):
     params["extract"].update(weights_2d="random:3", weights_3d="random:4", shard_videos=1,
                              batch_2d=8, batch_3d=4)
     params["cluster"].update(workers=1, threads_per_worker=1, processes=True)
+    params["datasets"]["youcook2"] = "youcook2"
     pfile = tmp_path / "params.yaml"
     pfile.write_text(yaml.safe_dump(params))
     out = tmp_path / "features"

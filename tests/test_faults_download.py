@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import http.server
+import json
 import logging
 import os
 import signal
@@ -492,11 +493,12 @@ def test_a_corrupt_videos_parquet_is_one_line(tmp_path, monkeypatch, caplog):
 
 
 @pytest.mark.parametrize("content", [b"PAR1 garbage PAR1", b""])
-def test_audit_stops_on_a_corrupt_ledger_before_rewriting_any_report(content, tmp_path,
-                                                                      monkeypatch, caplog):
+def test_audit_isolates_a_dataset_with_a_corrupt_ledger(content, tmp_path, monkeypatch, caplog):
+    """The corrupt dataset's reports and baseline stay as they were; the others are audited;
+    the stage names the file in one error line and exits 2."""
     from tests.test_audit import attempt, make_manifest, write_ledger
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text("datasets: [demo, youcook2]\n")
+    (tmp_path / "params.yaml").write_text("datasets: {demo: demo, youcook2: youcook2}\n")
     for ds in ("demo", "youcook2"):
         mdir = Path("manifests", ds)
         make_manifest(mdir, ds, {"DDDDDDDDDD1": "train"}, [("d1:0", "DDDDDDDDDD1", "train")])
@@ -506,9 +508,16 @@ def test_audit_stops_on_a_corrupt_ledger_before_rewriting_any_report(content, tm
     before = tree(reports)
     bad = Path("manifests", "youcook2", "availability.parquet")
     bad.write_bytes(content)
+    (reports / "demo.md").unlink()                        # demo's reports are rewritten
     caplog.clear()
     assert audit_stage.main([]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert "unreadable availability ledger" in one_line(errors, bad)
-    assert tree(reports) == before                       # demo's reports were not rewritten
+    after = tree(reports)
+    assert {k: v for k, v in after.items() if k.startswith("youcook2")} == \
+        {k: v for k, v in before.items() if k.startswith("youcook2")}
+    assert "demo.md" in after
+    summary = json.loads((reports / "summary.json").read_text())
+    assert summary["datasets"]["youcook2"]["status"] == "bad_inputs"
+    assert summary["datasets"]["demo"]["status"] == "audited"
     assert bad.read_bytes() == content

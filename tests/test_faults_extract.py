@@ -78,6 +78,7 @@ def write_ledger(path: Path, rows: list[dict]) -> Path:
 
 def write_params(path: Path, extract_: dict | None = None, cluster: dict | None = None) -> Path:
     data = to_dict(Params())
+    data["datasets"][DS] = DS
     data["extract"].update({**EXTRACT, **(extract_ or {})})
     data["cluster"].update({**CLUSTER, **(cluster or {})})
     path.write_text(yaml.safe_dump(data))

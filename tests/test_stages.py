@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pyarrow.parquet as pq
 import yaml
@@ -12,14 +13,20 @@ from tests.conftest import ROOT
 
 def _params(tmp_path, **youcook2):
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["datasets"]["youcook2"] = "youcook2"   # --dataset takes configured datasets only
     data["manifest"]["youcook2"].update(youcook2)
     f = tmp_path / "params.yaml"
     f.write_text(yaml.safe_dump(data))
     return f
 
 
-def test_manifest_stage_on_the_real_youcook2_file(tmp_path, shared_data):
+def test_manifest_stage_on_the_real_youcook2_file(tmp_path, shared_data, monkeypatch):
     params = _params(tmp_path, source_dir=str(shared_data / "youcook2"), download=False)
+    # the stage reads its input folder only (data/sources/<ds>, from the working directory)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/sources/youcook2").mkdir(parents=True)
+    shutil.copy(shared_data / "youcook2/youcookii_annotations_trainval.json",
+                tmp_path / "data/sources/youcook2")
     rc = manifest_stage.main(["--dataset", "youcook2", "--params", str(params),
                               "--source-spec", str(ROOT / "manifests/youcook2/source.yaml"),
                               "--out", str(tmp_path / "out")])
@@ -30,16 +37,18 @@ def test_manifest_stage_on_the_real_youcook2_file(tmp_path, shared_data):
     assert pq.read_table(tmp_path / "out" / "videos.parquet").num_rows == 1790
 
 
-def test_manifest_stage_offline_without_files_fails_with_one_clear_line(tmp_path, caplog):
+def test_manifest_stage_without_its_input_folder_fails_with_one_clear_line(tmp_path, caplog,
+                                                                           monkeypatch):
     params = _params(tmp_path, source_dir=str(tmp_path / "nothing"), download=False)
+    monkeypatch.chdir(tmp_path)   # no data/sources/youcook2 here
     rc = manifest_stage.main(["--dataset", "youcook2", "--params", str(params),
                               "--source-spec", str(ROOT / "manifests/youcook2/source.yaml"),
                               "--out", str(tmp_path / "out")])
     assert rc == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1
-    assert "youcookii_annotations_trainval.json" in errors[0]
-    assert str(tmp_path / "nothing") in errors[0] and "source_dir" in errors[0]
+    assert "data/sources/youcook2/youcookii_annotations_trainval.json is missing" in errors[0]
+    assert "run `avl sources youcook2`" in errors[0]
     assert not (tmp_path / "out").exists()
 
 

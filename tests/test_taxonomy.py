@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import http.server
 import io
+import json
 import logging
 import socket
 import subprocess
@@ -24,7 +25,8 @@ from yt_dlp.utils import ExtractorError, GeoRestrictedError, UnsupportedError
 
 from pipeline.download.availability import REASONS, classify, normalize
 from pipeline.config import ClusterParams, DownloadParams
-from pipeline.download.runner import Breaker, download
+from pipeline.download.breaker import Breaker, Hold, short, stop_line
+from pipeline.download.runner import download
 from pipeline.download.fetch import Fetcher
 from pipeline.download.ledger import PENDING, UNAVAILABLE, read_attempts, read_availability
 
@@ -35,6 +37,8 @@ FAKE_SPEC = "tests.test_taxonomy:FakeYouTubeIE"
 
 # video id -> (action, argument[, seconds to stall first]); read by FakeYouTubeIE at extract time
 TABLE: dict[str, tuple] = {}
+# while set, "flaky" videos fail with a real connection error (the network is down)
+DOWN = threading.Event()
 
 # storyboards are what YouTube still lists when every playable format is gone
 STORYBOARD_ONLY = [{"format_id": "sb0", "url": "http://127.0.0.1:9/sb/M0.jpg", "ext": "mhtml",
@@ -81,6 +85,11 @@ class FakeYouTubeIE(InfoExtractor):
             return {"id": vid, "title": vid, "formats": arg}
         elif action == "media":
             return {"id": vid, "title": vid, "url": arg, "ext": "mp4"}
+        elif action == "flaky":   # arg: (a URL nothing listens on, the media URL)
+            if DOWN.is_set():
+                self._download_webpage(arg[0], vid, note="Downloading player API JSON")
+                raise AssertionError(f"{arg[0]} was expected to fail")
+            return {"id": vid, "title": vid, "url": arg[1], "ext": "mp4"}
         raise AssertionError(f"unknown fake action {action!r}")
 
 
@@ -91,8 +100,10 @@ class OtherFakeIE(FakeYouTubeIE):
 @pytest.fixture(autouse=True)
 def _fresh_table():
     TABLE.clear()
+    DOWN.clear()
     yield
     TABLE.clear()
+    DOWN.clear()
 
 
 # --------------------------------------------------------------------------- local media server
@@ -464,41 +475,85 @@ def test_message_is_kept_and_truncated():
 # --------------------------------------------------------------------------- circuit breaker unit
 
 
-def test_breaker_trips_at_threshold_within_window():
+NET = ("network", "transient_failure", "transient")
+BOTC = ("bot_check", "pending", "throttled")
+OK = (None, "available", None)
+
+
+def test_breaker_trips_on_failures_in_a_row_and_starts_over_when_the_site_answers():
     b = Breaker(threshold=3, window_s=10.0, cooldown_s=5.0)
-    assert b.record(100.0) is None and b.record(101.0) is None
-    assert b.record(102.0) == 107.0
-    assert (b.trips, b.paused_until, len(b.hits)) == (1, 107.0, 0)
+    assert not b.attempt(100.0, 0, *NET) and not b.attempt(101.0, 0, *BOTC)
+    assert not b.attempt(101.5, 0, *OK)                       # the site answered: afresh
+    assert not b.attempt(102.0, 0, *NET)
+    # this machine's failures and refused URLs say nothing about the network either way
+    assert not b.attempt(102.5, 0, "local_error", "transient_failure", "local")
+    assert not b.attempt(102.6, 0, "url_rejected", "transient_failure", "configuration")
+    assert not b.attempt(103.0, 0, "forbidden", "transient_failure", "transient")
+    assert b.attempt(104.0, 0, "rate_limited", "pending", "throttled")
+    assert (b.phase, b.trips, b.last_reason) == ("probing", 1, "rate_limited")
+    assert b.probe_due(104.0)
+    assert not b.attempt(104.1, 0, *NET) and not b.hold(0)    # probing: nothing else counts
+    # a permanent verdict on a video shows the site answered
+    b2 = Breaker(threshold=2, window_s=10.0, cooldown_s=5.0)
+    b2.attempt(0.0, 0, *NET)
+    assert not b2.attempt(0.1, 0, "private", "unavailable", "permanent")
+    assert not b2.attempt(0.2, 0, *NET) and b2.attempt(0.3, 0, *NET)
 
 
-def test_breaker_ignores_hits_during_pause_and_needs_new_ones_after():
-    b = Breaker(threshold=2, window_s=10.0, cooldown_s=5.0)
-    b.record(0.0)
-    assert b.record(1.0) == 6.0
-    for t in (1.5, 3.0, 5.9):                      # in flight when it tripped: not counted
-        assert b.record(t) is None
-    assert len(b.hits) == 0 and b.trips == 1
-    assert b.record(6.0) is None                   # the first hit after the cool-down
-    assert b.record(6.5) == 11.5 and b.trips == 2
-
-
-def test_breaker_window_slides():
+def test_breaker_counts_within_the_window_only():
     b = Breaker(threshold=3, window_s=10.0, cooldown_s=5.0)
-    b.record(0.0)
-    b.record(5.0)
-    assert b.record(10.5) is None                  # 0.0 fell out of the window
-    assert list(b.hits) == [5.0, 10.5]
-    assert b.record(11.0) == 16.0
-    b2 = Breaker(threshold=3, window_s=10.0, cooldown_s=5.0)
-    b2.record(0.0)
-    b2.record(5.0)
-    assert b2.record(10.0) == 15.0                 # exactly window_s apart still counts
+    b.attempt(0.0, 0, *NET)
+    b.attempt(5.0, 0, *NET)
+    assert not b.attempt(10.5, 0, *NET)                        # 0.0 fell out of the window
+    assert b.attempt(11.0, 0, *NET)
 
 
-def test_breaker_threshold_one_and_zero_cooldown():
-    b = Breaker(threshold=1, window_s=1.0, cooldown_s=0.0)
-    assert [b.record(t) for t in (1.0, 1.0, 2.0)] == [1.0, 1.0, 2.0]
-    assert b.trips == 3
+def test_breaker_probe_verdicts_resume_cool_stop():
+    b = Breaker(threshold=1, window_s=1.0, cooldown_s=5.0)
+    assert b.attempt(0.0, 0, *NET) and b.probe_due(0.0)
+    assert b.probed(0.5, failed=False) == "resume" and (b.epoch, b.phase) == (1, "running")
+    assert not b.attempt(0.6, 0, *NET)          # started before the answer: does not count
+    assert b.attempt(0.7, 1, *NET)
+    assert b.probed(1.0, failed=True) == "cool" and (b.phase, b.until) == ("cooling", 6.0)
+    assert not b.probe_due(5.9) and b.probe_due(6.0)
+    assert b.probed(6.1, failed=False) == "resume" and b.epoch == 2
+    assert not b.hold(1)                        # a worker's hold from before the answer
+    assert b.hold(2, "bot_check") and b.last_reason == "bot_check"   # a worker process trips it
+    assert b.probed(7.0, failed=True) == "cool"
+    assert b.probed(12.0, failed=True) == "stop" and (b.phase, b.trips) == ("stopped", 3)
+    assert not b.attempt(13.0, 2, *NET) and not b.hold(2) and not b.probe_due(100.0)
+
+
+def test_worker_process_holds_at_the_threshold_until_the_driver_answers():
+    h = Hold(threshold=2, window_s=60.0)
+    assert not h.note(0.0, 0, 0, failed=True, reached=False) and not h.held(0)
+    assert h.note(1.0, 0, 0, failed=True, reached=False)      # holds: tell the driver, once
+    assert h.held(0) and not h.note(1.1, 0, 0, failed=True, reached=False)
+    assert not h.held(1)                                        # the driver answered: afresh
+    assert not h.note(1.2, 0, 1, failed=True, reached=False)   # started before the answer
+    assert not h.held(1)
+    assert not h.note(2.0, 1, 1, failed=True, reached=False)
+    assert not h.note(2.1, 1, 1, failed=False, reached=True)   # the site answered
+    assert not h.note(2.2, 1, 1, failed=True, reached=False) and not h.held(1)
+    assert not h.note(2.25, 1, 1, failed=False, reached=False)  # a local error: no change
+    assert h.note(2.3, 1, 1, failed=True, reached=False) and h.held(1)
+
+
+def test_stop_line_says_what_is_wrong_and_what_to_do():
+    msg = ("ERROR: [generic] x: Unable to download webpage: HTTPConnection(host='127.0.0.1', "
+           "port=1): Failed to establish a new connection: [Errno 111] Connection refused "
+           "(caused by TransportError(\"...\"))")
+    line = stop_line("network", 5, "okvideo0001", True, 900.0, msg)
+    assert "\n" not in line and "caused by" not in line
+    assert line.startswith("the network looks unreachable: 5 videos in a row failed (network)")
+    assert "okvideo0001 (which downloaded before)" in line and "900 s pause" in line
+    assert "Connection refused" in line and "download.proxy" in line and "re-run" in line
+    line = stop_line("bot_check", 5, "nextvideo01", False, 60.0, "Sign in to confirm")
+    assert "throttling or blocking this machine's IP" in line
+    assert "nextvideo01 (the next listed video)" in line
+    assert all(k in line for k in ("cookiefile", "max_videos_per_hour", "re-run later"))
+    assert "HTTP 403" in stop_line("forbidden", 5, "x" * 11, True, 1.0, "HTTP Error 403")
+    assert len(short("y" * 500)) == 123
 
 
 class _Clock:
@@ -646,40 +701,109 @@ def test_download_rerun_and_recheck(server, tmp_path):
     assert len(list((tmp_path / "ledger" / "runs").glob("*.json"))) == 3
 
 
-def test_circuit_breaker_pauses_then_resumes(server, tmp_path, caplog):
+ONE_THREAD = ClusterParams(workers=1, threads_per_worker=1, processes=False)
+
+
+def _messages(caplog, text: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if text in r.getMessage()]
+
+
+def test_breaker_probe_gets_through_and_the_run_goes_on(server, tmp_path, caplog):
+    """Failures in a row that are those videos' own (their host is down): the probe of the next
+    listed video gets through, so the run goes on at once, without a pause."""
     caplog.set_level(logging.INFO)
-    base, _ = server
-    bots = [f"aabot00000{i}" for i in range(3)]      # sorted first: tried before the good ones
-    goods = [f"zzgood0000{i}" for i in range(8)]
-    # slow enough that work is left when the breaker trips (the workers read the pause from a
-    # dask Variable cached for 0.5 s)
-    for v in bots:
-        TABLE[v] = ("playability", BOT, 0.25)
+    base, dead = server
+    nets = [f"aanet00000{i}" for i in range(3)]      # sorted first: tried first
+    goods = [f"zzgood0000{i}" for i in range(6)]
+    for v in nets:
+        TABLE[v] = ("api", f"http://127.0.0.1:{dead}/youtubei/v1/player")
     for v in goods:
-        TABLE[v] = ("media", f"{base}/ok.mp4", 0.2)
-    p = small_params(breaker_threshold=3, breaker_window_s=60.0, breaker_cooldown_s=1.5)
-    summary, events = run(tmp_path, manifest(bots + goods), p)
+        TABLE[v] = ("media", f"{base}/ok.mp4")
+    p = small_params(attempts_per_run=1, breaker_threshold=3, breaker_cooldown_s=60.0)
+    summary = download("fake", manifest(nets + goods), p, ONE_THREAD,
+                       videos_dir=tmp_path / "videos", ledger_dir=tmp_path / "ledger",
+                       availability_path=tmp_path / "availability.parquet", root=tmp_path,
+                       extractors=(FAKE_SPEC,))
+    assert summary["breaker_trips"] == 1 and summary["stopped"] is None
+    through = _messages(caplog, "got through")
+    assert len(through) == 1 and "zzgood00000" in through[0].getMessage()
+    assert not _messages(caplog, "fails too")
+    assert summary["status"] == {"available": 6, "transient_failure": 3}
 
-    trips = [r for r in caplog.records if "CIRCUIT BREAKER" in r.getMessage()]
-    assert trips and all(r.levelno == logging.WARNING for r in trips)
-    assert summary["breaker_trips"] == len(trips) >= 1
-    assert any("cool-down over" in r.getMessage() for r in caplog.records)
-    assert sum(1 for e in events if e.get("kind") == "throttled") == 6
 
+def test_breaker_pauses_then_goes_on_when_the_network_is_back(server, tmp_path, caplog):
+    """The network is down: failures in a row trip the breaker, the probe fails too, every
+    worker pauses for the cool-down; the network comes back; the second probe gets through and
+    the run goes on. No attempt starts while the workers are paused."""
+    caplog.set_level(logging.INFO)
+    base, dead = server
+    ids = [f"flaky00000{i}" for i in range(10)]
+    for v in ids:
+        TABLE[v] = ("flaky", (f"http://127.0.0.1:{dead}/youtubei/v1/player", f"{base}/ok.mp4"))
+    DOWN.set()
+
+    class Back(logging.Handler):          # the network comes back during the cool-down
+        def emit(self, record):
+            if "fails too" in record.getMessage():
+                DOWN.clear()
+
+    back = Back()
+    logging.getLogger("pipeline.download.runner").addHandler(back)
+    try:
+        p = small_params(attempts_per_run=1, breaker_threshold=3, breaker_cooldown_s=1.0)
+        summary = download("fake", manifest(ids), p, ONE_THREAD,
+                           videos_dir=tmp_path / "videos", ledger_dir=tmp_path / "ledger",
+                           availability_path=tmp_path / "availability.parquet", root=tmp_path,
+                           extractors=(FAKE_SPEC,))
+    finally:
+        logging.getLogger("pipeline.download.runner").removeHandler(back)
+    assert summary["breaker_trips"] == 1 and summary["stopped"] is None
+    (cool,) = _messages(caplog, "fails too")
+    (resumed,) = _messages(caplog, "got through")
+    assert "flaky000003" in cool.getMessage() and "network" in cool.getMessage()
+    assert resumed.created - cool.created >= 1.0          # the whole cool-down
     st = state(tmp_path)
-    for v in bots:      # bot-checked: still to do, never written off
-        assert st[v] == ("pending", "bot_check", 2)
-    for v in goods:
-        assert st[v][0] == "available"
-    assert summary["status"] == {"available": 8, "pending": 3}
+    assert [st[v][:2] for v in ids[:3]] == [("transient_failure", "network")] * 3
+    assert all(st[v][0] == "available" for v in ids[3:])
+    starts = [a["started_at"].timestamp() for a in read_attempts(tmp_path / "ledger")
+              .to_pylist()]
+    assert len(starts) == 10
+    assert not [t for t in starts if cool.created < t < resumed.created], \
+        "an attempt started while all workers were paused"
 
-    # every worker thread stopped within ~0.5 s of the trip (the Variable cache, plus the attempt
-    # in flight) and started again only after the cool-down
-    starts = sorted(a["started_at"].timestamp() for a in read_attempts(tmp_path / "ledger")
-                    .to_pylist())
-    tripped_at = trips[0].created
-    resumed = [t for t in starts if t >= tripped_at + 1.5 - 0.05]
-    assert resumed, "nothing ran after the cool-down"
-    assert not [t for t in starts if tripped_at + 0.9 < t < tripped_at + 1.45], \
-        "a video started while all workers should have been paused"
+
+def test_breaker_stops_a_blocked_run_with_one_line(server, tmp_path, caplog):
+    """Blocked (bot checks everywhere, the video that downloaded before included): the run
+    stops after about `threshold` attempts, with one line saying what is wrong and what to do;
+    what was downloaded before stays."""
+    from pipeline.download.runner import DownloadError
+    base, _ = server
+    TABLE["aagood00001"] = ("media", f"{base}/ok.mp4")
+    p = small_params(attempts_per_run=1, breaker_threshold=3, breaker_cooldown_s=0.2)
+    kw = dict(videos_dir=tmp_path / "videos", ledger_dir=tmp_path / "ledger",
+              availability_path=tmp_path / "availability.parquet", root=tmp_path,
+              extractors=(FAKE_SPEC,))
+    download("fake", manifest(["aagood00001"]), p, ONE_THREAD, **kw)
+    good = (tmp_path / "videos" / "aa" / "aagood00001.mp4").read_bytes()
+    bots = [f"bbbot{i:06d}" for i in range(40)]
+    for v in ["aagood00001", *bots]:
+        TABLE[v] = ("playability", BOT)
+    caplog.set_level(logging.INFO)
+    with pytest.raises(DownloadError) as e:
+        download("fake", manifest(["aagood00001", *bots]), p, ONE_THREAD, **kw)
+    line = str(e.value)
+    assert "\n" not in line
+    assert "throttling or blocking this machine's IP" in line
+    assert "aagood00001 (which downloaded before)" in line and "0.2 s pause" in line
+    assert all(k in line for k in ("cookiefile", "max_videos_per_hour", "re-run"))
+    tried = attempt_counts(tmp_path)
+    assert sum(tried.values()) - 1 <= 3 + 1                 # threshold (+1 in flight)
+    st = state(tmp_path)
+    assert st["aagood00001"][0] == "available"
+    assert (tmp_path / "videos" / "aa" / "aagood00001.mp4").read_bytes() == good
+    assert sum(1 for v in bots if st[v][0] == "pending" and st[v][2] == 0) >= 36
+    stops = [json.loads(f.read_text())["stopped"] for f in (tmp_path / "ledger" / "runs")
+             .glob("*.json")]
+    assert len(stops) == 2 and stops.count(None) == 1       # the first run, then this one
+    assert "throttling" in next(x for x in stops if x)
 

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.safety import check_safe_id
+from pipeline.safety import UnsafeInputError, check_safe_id
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,12 @@ class Manifest:
     clips: list[dict] = field(default_factory=list)
     video_extra: dict[str, pa.DataType] = field(default_factory=dict)
     clip_extra: dict[str, pa.DataType] = field(default_factory=dict)
+    # False for own media: ids are any path-safe id (custom.stable_id), not YouTube's
+    youtube_ids: bool = True
+    # the splits later stages use, recorded in manifest.json: {"train": ..., "eval": ...};
+    # the built-in datasets' are in pipeline.learn.sampling (TRAIN_SPLIT, EVAL_SPLIT)
+    roles: dict[str, str] = field(default_factory=dict)
+    clip_frames: int | None = None   # audio frames per evaluated clip, when not the default
 
 
 def check_video_id(video_id: Any, file: str, row: Any, fld: str = "video_id") -> str:
@@ -97,7 +103,14 @@ def validate(m: Manifest, file: str) -> None:
     known = set(m.splits)
     seen: dict[str, Any] = {}
     for i, v in enumerate(m.videos):
-        vid = check_video_id(v["video_id"], file, v.get("_row", i))
+        if m.youtube_ids:
+            vid = check_video_id(v["video_id"], file, v.get("_row", i))
+        else:
+            vid = v["video_id"]
+            try:
+                check_safe_id(vid, f"{file}, row {v.get('_row', i)}")
+            except UnsafeInputError as e:
+                raise ManifestError(file, v.get("_row", i), "video_id", str(e)) from None
         if vid in seen:
             raise ManifestError(file, v.get("_row", i), "video_id",
                                 f"duplicate video id {vid!r} (first at row {seen[vid]})")
@@ -166,6 +179,10 @@ def write_manifest(m: Manifest, out_dir: Path, sources: dict, params: dict) -> d
     write_parquet_atomic(_table(clips, CLIP_FIELDS, m.clip_extra), out_dir / "clips.parquet")
     summary = {"dataset": m.dataset, "videos": len(videos), "clips": len(clips),
                "splits": summarize(m), "sources": sources, "params": params}
+    if m.roles:
+        summary["roles"] = m.roles
+    if m.clip_frames:
+        summary["clip_frames"] = m.clip_frames
     write_json_atomic(summary, out_dir / "manifest.json")
     return summary
 

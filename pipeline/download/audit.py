@@ -12,13 +12,23 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.download.ledger import AVAILABLE, PENDING, STATUSES, now, read_availability
-from pipeline.data.manifest import read_clips, read_videos, write_json_atomic, write_parquet_atomic
-from pipeline.safety import check_safe_id
+from pipeline.download.ledger import (AVAILABLE, NEEDS_AUTH, PENDING, STATUSES, TRANSIENT,
+                                      UNAVAILABLE, now, read_availability, read_selection,
+                                      sample_videos)
+from pipeline.data.manifest import (ManifestError, read_clips, read_videos, write_json_atomic,
+                                    write_parquet_atomic)
+from pipeline.safety import UserError, check_safe_id
 
 log = logging.getLogger(__name__)
 
 TOTAL = "total"
+# a dataset's outcome in one audit: reports rewritten; or left as they were because its inputs
+# are missing (run its stages first) or unreadable (fix them)
+AUDITED, MISSING_INPUTS, BAD_INPUTS = "audited", "missing_inputs", "bad_inputs"
+# statuses of videos known not to be usable (a re-run will not change that without a reason to)
+# and of videos never reached, or failed in a way a re-run may fix (network, throttling, ...)
+GONE = (UNAVAILABLE, NEEDS_AUTH)
+NOT_REACHED = (PENDING, TRANSIENT)
 CHANGES = ("newly_gone", "came_back", "newly_checked")
 MAX_IDS = 1000  # ids per change list kept in the JSON; the full lists go to <ds>/changes/*.txt
 
@@ -84,20 +94,28 @@ SNAPSHOT_SCHEMA = pa.schema([pa.field("video_id", pa.string(), nullable=False),
 
 
 class AuditError(ValueError):
-    """The manifests to audit are missing or unreadable."""
+    """The manifests to audit are unreadable (MissingInputs: missing)."""
 
 
-def _load(manifest_dir: Path) -> tuple[list[dict], list[tuple[str, str]], list[str], bool]:
-    """(one state per manifest video, (video_id, split) per clip, split order, ledger found).
+class MissingInputs(AuditError):
+    """A dataset's manifests or ledger are not there (yet): its stages have not run here."""
+
+
+def _load(manifest_dir: Path) -> tuple[list[dict], list[tuple[str, str]], list[str], bool,
+                                       dict | None]:
+    """(one state per manifest video, (video_id, split) per clip, split order, ledger found,
+    the download's sample or None).
 
     Every table is checked as it is read (ids path-safe, the ledger's schema); split names
-    become folder names, so they must be path-safe too."""
+    become folder names, so they must be path-safe too. A state's `in_sample` says whether the
+    audit counts it: the download's sample (download.max_videos / splits, recorded in
+    availability.parquet) plus every video tried at least once; all when there is no sample."""
     for name in ("videos.parquet", "clips.parquet"):
         if not (manifest_dir / name).exists():
-            raise AuditError(f"{manifest_dir / name} not found: run the manifest stage for this "
-                             "dataset first")
-    videos = read_videos(manifest_dir / "videos.parquet").select(["video_id", "split"]) \
-        .to_pylist()
+            raise MissingInputs(f"{manifest_dir / name} not found: run the manifest stage for "
+                                "this dataset first (dvc repro manifest@<name>)")
+    vtable = read_videos(manifest_dir / "videos.parquet").select(["video_id", "split"])
+    videos = vtable.to_pylist()
     clips = read_clips(manifest_dir / "clips.parquet")
     clips = list(zip(clips.column("video_id").to_pylist(), clips.column("split").to_pylist()))
     mjson = manifest_dir / "manifest.json"
@@ -112,27 +130,41 @@ def _load(manifest_dir: Path) -> tuple[list[dict], list[tuple[str, str]], list[s
         check_safe_id(split, f"{manifest_dir}: split name")
     apath = manifest_dir / "availability.parquet"
     ledger: dict[str, dict] = {}
+    scope = selection = None
     if apath.exists():
-        cols = ["video_id", "status", "reason", "has_audio", "last_checked", "ytdlp_version"]
+        cols = ["video_id", "status", "reason", "has_audio", "last_checked", "ytdlp_version",
+                "attempts"]
         ledger = {r["video_id"]: r for r in read_availability(apath).select(cols).to_pylist()}
+        selection = read_selection(apath)
     else:
         log.warning("%s not found: every video counts as pending", apath)
+    if selection:
+        scope = set(sample_videos(vtable, selection["max_videos"], selection["splits"])
+                    .column("video_id").to_pylist())
+        scope |= {v for v, r in ledger.items() if r["attempts"] or r["status"] != PENDING}
     states = []
     for v in videos:
         r = ledger.get(v["video_id"], {})
         st = {"video_id": v["video_id"], "splits": v["split"].split(","),
               "status": r.get("status", PENDING), "reason": r.get("reason"),
               "has_audio": r.get("has_audio"), "last_checked": r.get("last_checked"),
-              "ytdlp_version": r.get("ytdlp_version")}
-        # usable = available with an audio stream; otherwise `why` says what is missing
+              "ytdlp_version": r.get("ytdlp_version"),
+              "in_sample": scope is None or v["video_id"] in scope}
+        # usable = available with an audio stream; otherwise `why` says what is missing, and
+        # the video is either known gone (or without audio) or not reached yet
         st["usable"] = st["status"] == AVAILABLE and st["has_audio"] is True
         st["why"] = None if st["usable"] else "no_audio" if st["status"] == AVAILABLE \
             else st["reason"] or ("not_checked" if st["status"] == PENDING else "unknown")
+        st["gone"] = not st["usable"] and st["status"] in (AVAILABLE, *GONE)
+        st["not_reached"] = st["status"] in NOT_REACHED
         states.append(st)
     extra = len(set(ledger) - {v["video_id"] for v in videos})
     if extra:
         log.warning("%s: %d videos are not in the manifest any more; ignored", apath, extra)
-    return states, clips, order, apath.exists()
+    n_in = sum(s["in_sample"] for s in states)
+    sample = None if n_in == len(states) else {"videos": n_in, "listed": len(states),
+                                               **selection}
+    return states, clips, order, apath.exists(), sample
 
 
 def _changes(previous: dict, states: list[dict]) -> dict[str, list[str]]:
@@ -151,23 +183,34 @@ def _changes(previous: dict, states: list[dict]) -> dict[str, list[str]]:
 
 
 def _summarize(ds: str, states: list[dict], clips: list[tuple[str, str]], order: list[str],
-               ledger_found: bool, previous: dict | None) -> dict:
+               ledger_found: bool, previous: dict | None, sample: dict | None = None) -> dict:
+    """Counts over the videos in the sample (all of them when `sample` is None); the
+    manifest's own counts as videos/clips_in_manifest."""
     splits = {k: {"videos_listed": 0, "videos_available": 0, "videos_with_audio": 0,
-                  "clips_listed": 0, "clips_covered": 0, "by_status": dict.fromkeys(STATUSES, 0),
+                  "videos_known_gone": 0, "videos_never_reached": 0,
+                  "clips_listed": 0, "clips_covered": 0, "videos_in_manifest": 0,
+                  "clips_in_manifest": 0, "by_status": dict.fromkeys(STATUSES, 0),
                   "by_reason": Counter()} for k in [*order, TOTAL]}
     for s in states:
         for k in [*s["splits"], TOTAL]:  # a video listed in two splits counts in both
             c = splits[k]
+            c["videos_in_manifest"] += 1
+            if not s["in_sample"]:       # never tried and outside the sample: not missing
+                continue
             c["videos_listed"] += 1
             c["by_status"][s["status"]] = c["by_status"].get(s["status"], 0) + 1
             c["videos_available"] += s["status"] == AVAILABLE
             c["videos_with_audio"] += s["usable"]
+            c["videos_known_gone"] += s["gone"]
+            c["videos_never_reached"] += s["not_reached"]
             if not s["usable"]:
                 c["by_reason"][s["why"]] += 1
     usable = {s["video_id"] for s in states if s["usable"]}
+    sampled = {s["video_id"] for s in states if s["in_sample"]}
     for vid, split in clips:
         for k in (split, TOTAL):
-            splits[k]["clips_listed"] += 1
+            splits[k]["clips_in_manifest"] += 1
+            splits[k]["clips_listed"] += vid in sampled
             splits[k]["clips_covered"] += vid in usable
     paper = PAPER_COUNTS.get(ds, {})
     for k, c in splits.items():
@@ -184,8 +227,8 @@ def _summarize(ds: str, states: list[dict], clips: list[tuple[str, str]], order:
         changes = {"previous_audit": previous.get("audit_date"),
                    **{k: {"count": len(v), "ids": v[:MAX_IDS], "ids_truncated": len(v) > MAX_IDS}
                       for k, v in full.items()}}
-    return {"dataset": ds, "audit_date": now().isoformat(timespec="seconds"),
-            "ledger_found": ledger_found,
+    return {"dataset": ds, "status": AUDITED, "audit_date": now().isoformat(timespec="seconds"),
+            "ledger_found": ledger_found, "sample": sample,
             "newest_last_checked": max(checked).isoformat() if checked else None,
             "ytdlp_versions": dict(sorted(Counter(s["ytdlp_version"] for s in states
                                                   if s["ytdlp_version"]).items())),
@@ -196,10 +239,14 @@ def audit_dataset(ds: str, manifest_dir: Path, previous: dict | None) -> dict:
     """Audits manifests/<ds> (videos/clips parquet, manifest.json, availability.parquet).
 
     `previous` is read_snapshot()'s dict of the last audit, or None. Returns a JSON-able dict:
-    per split and `total`: videos listed/available/with audio, counts by status and by reason,
-    clips listed/covered (video available with audio) and coverage fraction, the paper's count;
-    plus audit date, newest last_checked, yt-dlp versions and the changes since `previous`."""
-    return _summarize(ds, *_load(Path(manifest_dir)), previous)
+    per split and `total`: videos listed/available/with audio/known gone/never reached, counts
+    by status and by reason, clips listed/covered (video available with audio) and coverage
+    fraction, the paper's count, all over the download's sample (`sample`: {videos, listed,
+    max_videos, splits}, or None for the whole manifest) with the manifest's own counts as
+    videos/clips_in_manifest; plus audit date, newest last_checked, yt-dlp versions and the
+    changes since `previous`."""
+    states, clips, order, found, sample = _load(Path(manifest_dir))
+    return _summarize(ds, states, clips, order, found, previous, sample)
 
 
 def read_snapshot(path: Path) -> dict | None:
@@ -238,41 +285,97 @@ class _Inputs:
     clips: list[tuple[str, str]]
     order: list[str]
     found: bool
+    sample: dict | None
     previous: dict | None
 
 
 def _read_inputs(ds: str, manifest_dir: Path, out: Path) -> _Inputs:
-    return _Inputs(ds, *_load(Path(manifest_dir)),
-                   read_snapshot(Path(out) / ds / "snapshot.parquet"))
+    """MissingInputs when the manifests are not there, or the ledger is not although the last
+    audit had results (a report of all-pending would replace a good baseline)."""
+    previous = read_snapshot(Path(out) / ds / "snapshot.parquet")
+    i = _Inputs(ds, *_load(Path(manifest_dir)), previous)
+    if not i.found and previous and any(v["status"] != PENDING
+                                        for v in previous["videos"].values()):
+        raise MissingInputs(f"{Path(manifest_dir) / 'availability.parquet'} not found, though "
+                            f"the audit of {previous['audit_date']} had results: run "
+                            f"download@{ds} (or dvc pull) first")
+    return i
 
 
 def audit_and_write(ds: str, manifest_dir: Path, out: Path) -> dict:
     """Audits one dataset against the snapshot in <out>/<ds>/ and writes every report:
-    <out>/<ds>.{json,md,png}, <out>/<ds>/<split>/missing_ids.txt, <out>/<ds>/changes/*.txt and,
-    last, the new <out>/<ds>/snapshot.parquet. Returns the audit dict."""
+    <out>/<ds>.{json,md,png}, <out>/<ds>/<split>/{missing_ids,never_reached_ids}.txt,
+    <out>/<ds>/changes/*.txt and, last, the new <out>/<ds>/snapshot.parquet. Returns the
+    audit dict. Raises (AuditError, MissingInputs, LedgerError, ...) before writing anything."""
     return _write(_read_inputs(ds, manifest_dir, out), Path(out))
 
 
 def audit_all(manifest_dirs: dict[str, Path], out: Path) -> dict[str, dict]:
-    """Audits every dataset ({name: manifests/<name>}) and writes its reports and the summary.
-    All inputs are read and checked first: a bad ledger or manifest of one dataset stops the
-    audit before any report, of any dataset, is rewritten."""
-    inputs = [_read_inputs(ds, d, out) for ds, d in manifest_dirs.items()]
-    results = {i.ds: _write(i, Path(out)) for i in inputs}
+    """Audits every dataset ({name: manifests/<name>}) on its own and writes the summary.
+
+    A dataset whose inputs are missing or unreadable is reported as such ({dataset, status:
+    missing_inputs | bad_inputs, message, last_good_audit}); its reports and snapshot stay as
+    the last good audit left them, so that one stays its baseline. The others are audited and
+    their reports rewritten. -> {name: audit dict (status "audited") or that record}."""
+    out = Path(out)
+    results: dict[str, dict] = {}
+    for ds, mdir in manifest_dirs.items():
+        try:
+            results[ds] = audit_and_write(ds, mdir, out)
+        except MissingInputs as e:
+            results[ds] = _not_audited(ds, MISSING_INPUTS, str(e), out)
+        except (AuditError, ManifestError, UserError) as e:  # corrupt, edited, unsafe
+            results[ds] = _not_audited(ds, BAD_INPUTS, str(e), out)
     write_summary(results, out)
     return results
+
+
+def _not_audited(ds: str, status: str, message: str, out: Path) -> dict:
+    snap = out / ds / "snapshot.parquet"
+    last = None
+    if snap.exists():
+        try:
+            last = (pq.read_schema(snap).metadata or {}).get(b"audit_date", b"").decode() or None
+        except (pa.ArrowException, OSError):
+            last = None
+    return {"dataset": ds, "status": status, "message": message, "last_good_audit": last}
+
+
+def verdict(results: dict[str, dict]) -> tuple[int, str | None]:
+    """The audit's exit code and its one line: 0 when every dataset was audited; 0 and a
+    warning line when some have no inputs yet but at least one was audited; 2 and an error line
+    when a dataset's inputs are unreadable, or none could be audited."""
+    skipped = {ds: r for ds, r in results.items() if r["status"] != AUDITED}
+    if not skipped:
+        return 0, None
+    bad = {ds: r for ds, r in skipped.items() if r["status"] == BAD_INPUTS}
+    audited = len(results) - len(skipped)
+    shown = bad or skipped
+    line = "; ".join(f"{ds}: {r['message']}" for ds, r in shown.items())
+    if bad:
+        return 2, f"{len(bad)} dataset(s) with unreadable inputs, not audited (the others " \
+                  f"were): {line}"
+    if not audited:
+        return 2, f"no dataset could be audited: {line}"
+    return 0, (f"{len(skipped)} of {len(results)} datasets not audited (their last good "
+               f"reports stay; see summary.md): {line}")
 
 
 def _write(i: _Inputs, out: Path) -> dict:
     ds, states, order, previous = i.ds, i.states, i.order, i.previous
     snap = out / ds / "snapshot.parquet"
-    result = _summarize(ds, states, i.clips, order, i.found, previous)
+    result = _summarize(ds, states, i.clips, order, i.found, previous, i.sample)
     write_report(result, out)
     date = result["audit_date"]
     for split in order:
-        ids = sorted(s["video_id"] for s in states if split in s["splits"] and not s["usable"])
-        _id_file(out / ds / split / "missing_ids.txt", f"{ds} {split}: YouTube ids of the "
-                 f"videos not available with audio, audit {date}", ids)
+        here = [s for s in states if split in s["splits"] and s["in_sample"]]
+        _id_file(out / ds / split / "missing_ids.txt", f"{ds} {split}: ids of the videos known "
+                 "not to be usable: unavailable (removed, private, ...), needs_auth, or without "
+                 f"audio; audit {date}", sorted(s["video_id"] for s in here if s["gone"]))
+        _id_file(out / ds / split / "never_reached_ids.txt", f"{ds} {split}: ids of the videos "
+                 "not reached yet: pending (never tried, throttled) or a failure a re-run may "
+                 f"fix (network, configuration, this machine); audit {date}",
+                 sorted(s["video_id"] for s in here if s["not_reached"]))
     for k, ids in (_changes(previous, states) if previous else dict.fromkeys(CHANGES)).items():
         f = out / ds / "changes" / f"{k}.txt"
         if ids is None:  # first audit (or the snapshot was deleted): no stale lists
@@ -288,6 +391,14 @@ def _write(i: _Inputs, out: Path) -> dict:
 
 def _n(x) -> str:
     return "-" if x is None else f"{x:,}"
+
+
+def _sample_text(sample: dict) -> str:
+    """'Sample of 100 of 1,790 listed videos (download.max_videos = 100, splits: val)'."""
+    how = [f"download.max_videos = {sample['max_videos']}"] if sample["max_videos"] else []
+    how += [f"download.splits = {', '.join(sample['splits'])}"] if sample["splits"] else []
+    return f"Sample of {_n(sample['videos'])} of {_n(sample['listed'])} listed videos " \
+           f"({'; '.join(how)})"
 
 
 def _paper_cell(p: dict | None, ours: bool = True) -> str:
@@ -320,11 +431,19 @@ def _markdown(r: dict) -> str:
     if not r["ledger_found"]:
         lines += ["**No availability.parquet: every video counts as pending** (run the "
                   "download stage).", ""]
+    if r.get("sample"):
+        lines += [f"**{_sample_text(r['sample'])}**: every count below is over the sample "
+                  "(videos tried at least once included); the manifest's other videos were "
+                  "not tried and do not count as missing.", ""]
     lines += [f"| split | {_HEADER[0]}", f"|---|{_HEADER[1]}"]
     lines += [f"| {k} | {_cells(c)} |" for k, c in sp.items()]
+    t = sp[TOTAL]
     lines += ["", "Clips covered: clips whose video is available with an audio stream.",
               *(f"- {k}: {c['paper']['note']}" for k, c in sp.items()
-                if c["paper"] and c["paper"]["note"])]
+                if c["paper"] and c["paper"]["note"]),
+              "", f"Not usable: {_n(t['videos_known_gone'])} known gone or without audio "
+              f"(`missing_ids.txt`), {_n(t['videos_never_reached'])} not reached yet: pending, "
+              "or failed in a way a re-run may fix (`never_reached_ids.txt`)."]
     lines += ["", "## Why videos are missing (all splits)", "",
               "| reason | videos | what it means |", "|---|--:|---|"]
     lines += [f"| {k} | {_n(n)} | {REASON_MEANING.get(k, 'see `message` in availability.parquet')}"
@@ -340,7 +459,8 @@ def _markdown(r: dict) -> str:
         more = ", ..." if ch[k]["count"] > len(ids) else ""
         lines.append(f"- {k.replace('_', ' ')}: {_n(ch[k]['count'])}"
                      + (f" ({', '.join(ids)}{more})" if ids else ""))
-    lines += ["", f"Ids: `{ds}/<split>/missing_ids.txt`, `{ds}/changes/*.txt`."]
+    lines += ["", f"Ids: `{ds}/<split>/missing_ids.txt` (known gone), "
+              f"`{ds}/<split>/never_reached_ids.txt` (not reached yet), `{ds}/changes/*.txt`."]
     return "\n".join(lines) + "\n"
 
 
@@ -377,26 +497,48 @@ def _chart(r: dict, path: Path) -> None:
 
 
 def write_report(result: dict, out: Path) -> None:
-    """<out>/<ds>.json (the dict), <out>/<ds>.md (readable report), <out>/<ds>.png (chart)."""
+    """<out>/<ds>.json (the dict), <out>/<ds>.md (readable report), <out>/<ds>.png (chart),
+    <out>/status/<ds>.csv (videos by status, all splits: the data of dvc.yaml's plot)."""
     out, ds = Path(out), result["dataset"]
     write_json_atomic(result, out / f"{ds}.json")
     _write_text(_markdown(result), out / f"{ds}.md")
     _chart(result, out / f"{ds}.png")
+    by_status = result["splits"][TOTAL]["by_status"]
+    _write_text("status,videos\n" + "".join(f"{k},{n}\n" for k, n in by_status.items()),
+                out / "status" / f"{ds}.csv")
 
 
 def write_summary(results: dict[str, dict], out: Path) -> None:
-    """<out>/summary.json and summary.md: one row per dataset and split (and its total)."""
-    keys = ("videos_listed", "videos_available", "videos_with_audio", "clips_listed",
-            "clips_covered", "clip_coverage")
+    """<out>/summary.json and summary.md: one row per audited dataset and split (and its
+    total), and each dataset's status (audited, missing_inputs, bad_inputs) with its sample,
+    or the message and the date of the last good audit whose reports stay."""
+    keys = ("videos_listed", "videos_available", "videos_with_audio", "videos_known_gone",
+            "videos_never_reached", "clips_listed", "clips_covered", "clip_coverage",
+            "videos_in_manifest", "clips_in_manifest")
+    audited = {ds: r for ds, r in results.items() if r.get("status", AUDITED) == AUDITED}
+    skipped = {ds: r for ds, r in results.items() if ds not in audited}
     rows = [{"dataset": ds, "split": k, "audit_date": r["audit_date"],
              "ledger_found": r["ledger_found"], **{f: c[f] for f in keys},
              "paper": _paper_cell(c["paper"], ours=False) if c["paper"] else None}
-            for ds, r in results.items() for k, c in r["splits"].items()]
-    write_json_atomic({"rows": rows}, Path(out) / "summary.json")
-    no_ledger = [ds for ds, r in results.items() if not r["ledger_found"]]
-    lines = ["# Availability audit: summary", "", *(
-        [f"No availability.parquet (every video pending): {', '.join(no_ledger)}.", ""]
-        if no_ledger else []), f"| dataset | split | {_HEADER[0]}", f"|---|---|{_HEADER[1]}"]
-    lines += [f"| {ds} | {k} | {_cells(c)} |" for ds, r in results.items()
+            for ds, r in audited.items() for k, c in r["splits"].items()]
+    datasets = {ds: {"status": AUDITED, "audit_date": r["audit_date"],
+                     "sample": r.get("sample")} if ds in audited
+                else {k: r[k] for k in ("status", "message", "last_good_audit")}
+                for ds, r in results.items()}
+    write_json_atomic({"datasets": datasets, "rows": rows}, Path(out) / "summary.json")
+    no_ledger = [ds for ds, r in audited.items() if not r["ledger_found"]]
+    samples = [f"{ds}: {_sample_text(r['sample'])}" for ds, r in audited.items()
+               if r.get("sample")]
+    lines = ["# Availability audit: summary", ""]
+    if skipped:
+        lines += ["**Not audited this time** (each keeps its last good report and baseline):",
+                  "", *(f"- {ds}: {r['status']}: {r['message']} (last good audit: "
+                        f"{r['last_good_audit'] or 'none'})" for ds, r in skipped.items()), ""]
+    if no_ledger:
+        lines += [f"No availability.parquet (every video pending): {', '.join(no_ledger)}.", ""]
+    if samples:
+        lines += ["Samples (counts are over the sample): " + "; ".join(samples) + ".", ""]
+    lines += [f"| dataset | split | {_HEADER[0]}", f"|---|---|{_HEADER[1]}"]
+    lines += [f"| {ds} | {k} | {_cells(c)} |" for ds, r in audited.items()
               for k, c in r["splits"].items()]
     _write_text("\n".join(lines) + "\n", Path(out) / "summary.md")

@@ -76,6 +76,10 @@ REASONS = tuple(dict.fromkeys([r for r, _, _ in RULES] + [
 LOCAL_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO,
                 errno.EISDIR, errno.ENOTDIR, errno.ELOOP}
 
+# reasons that say the network or the site failed, not the video: a run of them in a row trips
+# the download's circuit breaker (runner.Breaker), which probes one video before going on
+BREAKER_REASONS = ("network", "rate_limited", "bot_check", "forbidden")
+
 # what to do when a reason dominates a run's failures: the stage's last line (issue 18)
 ADVICE = {
     "bot_check": "YouTube is bot-checking this machine: set download.cookiefile (cookies of a "
@@ -105,6 +109,15 @@ ADVICE = {
 def advice(reason: str | None) -> str:
     """What to do about failures of `reason` (availability.REASONS), in one clause."""
     return ADVICE.get(reason or "unknown", ADVICE["unknown"])
+
+
+def diagnosis(reason: str | None) -> str:
+    """What a run of failures of `reason` (one of BREAKER_REASONS) says about this machine."""
+    return {"network": "the network looks unreachable",
+            "forbidden": "the site refuses this machine (HTTP 403: mostly throttling or a "
+                         "block of this IP)"}.get(
+        reason or "", "the site is throttling or blocking this machine's IP (rate limits, "
+                      "bot checks)")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import threading
 import time
 import urllib.parse
@@ -31,11 +32,17 @@ def ytdlp_version() -> str:
     return __version__
 
 
+OWN_ID = re.compile(r"\A[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}\Z")   # own media (custom.stable_id)
+
+
 def check_id(video_id: str) -> str:
-    """The id, if it is a valid 11-character YouTube id: only such ids become file names."""
-    if not isinstance(video_id, str) or not YOUTUBE_ID.match(video_id):
-        raise ValueError(f"refusing video id {video_id!r}: not an 11-character YouTube id "
-                         "([A-Za-z0-9_-]); ids become file names")
+    """The id, if it is an 11-character YouTube id or an own-media id (letters, digits, '_',
+    '-', '.', not starting with '.'): only such ids become file names."""
+    if not isinstance(video_id, str) or not (YOUTUBE_ID.match(video_id)
+                                             or OWN_ID.match(video_id)):
+        raise ValueError(f"refusing video id {video_id!r}: neither an 11-character YouTube id "
+                         "nor a path-safe id ([A-Za-z0-9_.-], not starting with '.'); ids "
+                         "become file names")
     return video_id
 
 
@@ -151,7 +158,8 @@ class Fetcher:
             return None
 
     def _file_root(self) -> Path | None:
-        return Path(self.params.file_root) if self.params.file_root else None
+        root = self.params.reference_root or self.params.file_root
+        return Path(root) if root else None
 
     def _pace(self) -> None:
         wait = self._last_start + self.pace_s - time.monotonic()
@@ -169,6 +177,8 @@ class Fetcher:
         except UrlRejected as e:
             return _failure(Outcome(TRANSIENT, "url_rejected", "configuration", str(e),
                                     "UrlRejected", None))
+        if source is not None and self.params.reference_root:
+            return self._reference(source)
         refused = (_check_source(source) if source is not None else None) \
             or self._check_target(video_id)
         if refused is not None:
@@ -181,6 +191,52 @@ class Fetcher:
         except Exception as e:  # the one per-item boundary around yt-dlp
             return _failure(classify(e))
         return self._finish(info)
+
+    def probe(self, video_id: str, url: str) -> Outcome | None:
+        """Whether the site answers for this video, without downloading it (the circuit
+        breaker's test of the network): None when it does (the video's page or file was
+        reached, even if it says the video is gone), else the failure's Outcome. A file: URL
+        tells nothing about the network: None. Make the Fetcher with retries 0 to keep a probe
+        to one request."""
+        check_id(video_id)
+        try:
+            if local_path(url, self._file_root(), self.root) is not None:
+                return None
+        except UrlRejected as e:
+            return Outcome(TRANSIENT, "url_rejected", "configuration", str(e), "UrlRejected",
+                           None)
+        try:
+            self.ydl().extract_info(url, download=False, process=False)
+        except Exception as e:  # the one per-probe boundary around yt-dlp
+            return classify(e)
+        return None
+
+    def _reference(self, source: Path) -> dict:
+        """Own media: the local file is probed and hashed where it is, never copied or moved;
+        the ledger's path names it (project-relative when inside the project)."""
+        refused = _check_source(source)
+        if refused is not None:
+            return refused
+        if not source.exists():
+            return _failure(Outcome(UNAVAILABLE, "not_found", "permanent",
+                                    f"{source}: no such file", "FileNotFoundError", None))
+        try:
+            meta = probe(source)
+            size, sha = source.stat().st_size, sha256_file(source)
+        except MediaAccessError as e:
+            return local_failure(str(e), "MediaAccessError")
+        except ProbeError as e:   # not media: permanent until the file changes; left as it is
+            return _failure(Outcome(UNAVAILABLE, "file_invalid", "permanent", str(e),
+                                    "ProbeError", None))
+        except OSError as e:
+            return local_failure(e)
+        meta.pop("has_video")
+        root = Path(self.root).resolve()
+        rel = source.relative_to(root).as_posix() if source.is_relative_to(root) \
+            else str(source)
+        return {"status": AVAILABLE, "reason": None, "kind": None, "message": None,
+                "exc_class": None, "http_status": None, "ytdlp_version": ytdlp_version(),
+                "path": rel, "filesize": size, "sha256": sha, "format_id": "local", **meta}
 
     def _check_target(self, video_id: str) -> dict | None:
         """A local_error outcome when something other than a regular file sits where yt-dlp

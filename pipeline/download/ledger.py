@@ -281,14 +281,25 @@ def _inside_check(root: Path | None, videos_dir: Path | None):
     escape; no syscall per row."""
     if root is None or videos_dir is None:
         return None
-    base = (Path(root) / videos_dir).resolve()
+    bases = [(Path(root) / d).resolve() for d in media_dirs(videos_dir)]
     root = Path(os.path.abspath(root))
 
     def inside(rel: object) -> bool:
-        if not isinstance(rel, str) or not rel or os.path.isabs(rel) or "\0" in rel:
+        if not isinstance(rel, str) or not rel or "\0" in rel:
             return False
-        return base in Path(os.path.normpath(root / rel)).parents
+        if os.path.isabs(rel) and not any(os.path.isabs(d) for d in media_dirs(videos_dir)):
+            return False
+        parents = Path(os.path.normpath(root / rel)).parents
+        return any(b in parents for b in bases)
     return inside
+
+
+def media_dirs(videos_dir) -> list[Path]:
+    """The folders media paths may lie in: the videos folder, plus (for own media, referenced
+    where they are) the dataset's media folder; `videos_dir` is one path or a sequence."""
+    if isinstance(videos_dir, (list, tuple)):
+        return [Path(d) for d in videos_dir]
+    return [Path(videos_dir)]
 
 
 def latest_urls(attempts: pa.Table) -> dict[str, str]:
@@ -324,8 +335,52 @@ def current_status(videos: pa.Table, attempts: pa.Table) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=AVAILABILITY_SCHEMA)
 
 
-def write_availability(table: pa.Table, path: Path) -> None:
+def sample_videos(videos: pa.Table, max_videos: int = 0, splits=()) -> pa.Table:
+    """The rows of a manifest's videos table a download takes (download.max_videos, .splits):
+    those in any of `splits` (a video's `split` is comma-joined; empty: all), then the first
+    `max_videos` by video_id (0: all). Row order as in `videos`."""
+    keep = None
+    if splits:
+        wanted = set(splits)
+        keep = [bool(wanted & set(s.split(","))) for s in videos.column("split").to_pylist()]
+        videos = videos.filter(pa.array(keep, pa.bool_()))
+    if max_videos and videos.num_rows > max_videos:
+        chosen = set(sorted(videos.column("video_id").to_pylist())[:max_videos])
+        videos = videos.filter(pa.array([v in chosen for v in
+                                         videos.column("video_id").to_pylist()], pa.bool_()))
+    return videos
+
+
+# schema metadata key of availability.parquet: the sample the download took (JSON), for the audit
+SELECTION_KEY = b"avl_selection"
+
+
+def write_availability(table: pa.Table, path: Path, selection: dict | None = None) -> None:
+    """Writes availability.parquet; `selection` ({"max_videos": N, "splits": [...]}, the
+    download's sample; None or empty: the whole manifest) goes into its schema metadata."""
+    if selection and (selection.get("max_videos") or selection.get("splits")):
+        meta = {**(table.schema.metadata or {}), SELECTION_KEY: json.dumps(
+            {"max_videos": int(selection.get("max_videos") or 0),
+             "splits": list(selection.get("splits") or [])}).encode()}
+        table = table.replace_schema_metadata(meta)
     write_parquet_atomic(table, path)
+
+
+def read_selection(path: Path) -> dict | None:
+    """The sample recorded in availability.parquet by write_availability, or None (the whole
+    manifest). LedgerError when the record is not one."""
+    meta = pq.read_schema(path).metadata or {}
+    if SELECTION_KEY not in meta:
+        return None
+    try:
+        sel = json.loads(meta[SELECTION_KEY])
+        out = {"max_videos": int(sel["max_videos"]), "splits": [str(x) for x in sel["splits"]]}
+        if out["max_videos"] < 0:
+            raise ValueError("max_videos < 0")
+    except (ValueError, KeyError, TypeError) as e:
+        raise LedgerError(f"{path}: unreadable sample record ({type(e).__name__}: {e}); re-run "
+                          "the download stage to rebuild it") from None
+    return out
 
 
 def read_availability(path: Path, root: Path | None = None,
@@ -360,5 +415,6 @@ def read_availability(path: Path, root: Path | None = None,
             raise LedgerError(f"{path}, row {i}: video_id {vid!r} listed twice; {fix}")
         seen.add(vid)
         if rel is not None and root is not None and videos_dir is not None:
-            resolve_inside(root, rel, [videos_dir], f"{path}, row {i} ({vid}), field 'path'")
+            resolve_inside(root, rel, media_dirs(videos_dir),
+                           f"{path}, row {i} ({vid}), field 'path'")
     return t

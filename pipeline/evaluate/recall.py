@@ -1,7 +1,11 @@
 """Evaluation: embed a dataset's evaluation clips with each checkpoint, score both retrieval
 directions under both protocols, and render the reports (avlnet.md "Evaluation").
 
-reports/recall/<ds>.json   flat keys "<setting>/<protocol>/<metric>" (dvc metrics show / diff)
+reports/recall/<ds>.json   the headline numbers (dvc metrics show / diff): "<setting>/paper/
+                           <direction>_R@1|5|10" and "..._median_rank"
+reports/recall/<ds>/details.json   everything else: every metric of both protocols ("metrics",
+                           flat keys "<setting>/<protocol>/<metric>"), provenance, checkpoints
+reports/recall/curves/<ds>/<setting>.csv   recall-at-K curves, K = 1..50 (dvc plots show)
 reports/recall/<ds>.md     recall table in the paper's layout, the paper's rows and chance beside
 reports/recall/<ds>.png    recall-at-K curves
 reports/recall/<ds>.html   qualitative examples: queries and their top-5 (self-contained)
@@ -14,6 +18,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -23,16 +28,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.learn.avdata import AnnotatedClips
-from pipeline.config import ModelParams, ParamsError, from_dict
 from pipeline.download.ledger import read_availability
 from pipeline.data.manifest import write_json_atomic
-from pipeline.evaluate.metrics import KS, chance, metrics_from_ranks, ranks_from_embeddings
-from pipeline.learn.runs import collate_clips, load_clips, provenance, verify_features
+from pipeline.evaluate.metrics import DIRECTIONS, KS, chance, metrics_from_ranks, \
+    ranks_from_embeddings
+from pipeline.learn.runs import ModelFile, collate_clips, load_clips, load_model_file, \
+    provenance, verify_features
 from pipeline.safety import UserError
-from pipeline.learn.sampling import CLIP_FRAMES, EVAL_SPLIT
+from pipeline.learn.sampling import clip_frames_of, eval_split
 from pipeline.features.store import FeatureStore
-from pipeline.learn.train import CheckpointError, build_model, embed, load_checkpoint, \
-    load_model_state
+from pipeline.learn.train import embed
 
 log = logging.getLogger(__name__)
 
@@ -54,26 +59,43 @@ PAPER = {
                "fine_tuned": ((20.1, 40.0, 49.6), (22.0, 41.4, 50.3))},
 }
 CURVE_K = 50
+# the metrics `dvc metrics show` lists per setting (paper protocol); details.json has the rest
+HEADLINE = tuple(f"{d}_{m}" for d in DIRECTIONS for m in (*(f"R@{k}" for k in KS),
+                                                          "median_rank"))
 
 
 class EvaluateError(UserError):
     """A missing or damaged checkpoint, no clip with features, an unwritable report folder."""
 
 
-def load_model(path: Path, device: torch.device):
-    """A checkpoint (train.py's final.pt), checked against the sha256 recorded beside it ->
-    (AVLnet in eval mode, checkpoint dict, sha256). EvaluateError in one line naming the file
-    when it is damaged or not a model."""
-    try:
-        state, sha = load_checkpoint(path)
-        model = build_model(from_dict(ModelParams, state["config"]))
-    except CheckpointError as e:
-        raise EvaluateError(str(e)) from None
-    except (KeyError, TypeError, ParamsError) as e:
-        raise EvaluateError(f"{path}: not a model checkpoint of this pipeline (its config: "
-                            f"{e})") from None
-    load_model_state(model, state, path, state["config"], EvaluateError)
-    return model.to(device).eval(), state, sha
+def load_model(path: Path, device: torch.device) -> ModelFile:
+    """A checkpoint of ours (train.py's final.pt, checked against the sha256 recorded beside
+    it) or a bare state_dict (AVLnet_release.pth: its config inferred from its shapes) ->
+    ModelFile with the AVLnet in eval mode on `device`. EvaluateError in one line naming the
+    file when it is damaged or not a model."""
+    mf = load_model_file(path, EvaluateError)
+    mf.model = mf.model.to(device).eval()
+    return mf
+
+
+def setting_checkpoints(dataset: str, models: Path, settings: list[str],
+                        files: dict[str, str]) -> dict[str, Path]:
+    """Setting -> checkpoint: zero_shot is models/pretrain/final.pt, fine_tuned
+    models/finetune-<dataset>/final.pt, then each of evaluate.checkpoints (`files`, paths from
+    the project root). A file outside `models` (the stage's DVC dependency) is tracked by DVC
+    through its path only (the param): a warning says so."""
+    where = {"zero_shot": models / "pretrain" / "final.pt",
+             "fine_tuned": models / f"finetune-{dataset}" / "final.pt"}
+    out = {s: where[s] for s in settings}
+    for name, file in files.items():
+        path = Path(file)
+        out[name] = path
+        if not path.resolve().is_relative_to(Path(models).resolve()):
+            log.warning("%s: checkpoint %s of setting %s is outside %s: DVC tracks its path "
+                        "(evaluate.checkpoints) but not its content; put it under %s for "
+                        "`dvc repro` to notice a changed file", dataset, path, name, models,
+                        models)
+    return out
 
 
 def _check_writable(folder: Path) -> None:
@@ -111,8 +133,8 @@ def evaluate(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict
     if missing and not allow_missing:
         raise EvaluateError(f"{dataset}: no checkpoint for "
                             + ", ".join(f"{s} ({p})" for s, p in missing.items())
-                            + "; run its stage first, or set evaluate.allow_missing: true to "
-                            "report without it")
+                            + "; run its stage first (or fix its path in evaluate.checkpoints), "
+                            "or set evaluate.allow_missing: true to report without it")
     for s, p in missing.items():
         log.warning("%s: no checkpoint for setting %s (%s): not evaluated", dataset, s, p)
     if not present:
@@ -121,11 +143,11 @@ def evaluate(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict
     ledger = (read_availability(availability, videos_root, videos_dir)
               if availability is not None else None)
     store = FeatureStore(features, verify=verify)
-    split = EVAL_SPLIT[dataset]
+    split = eval_split(dataset, manifest_dir)
     clips = load_clips(manifest_dir, split)
     if not clips:
         raise EvaluateError(f"{manifest_dir}/clips.parquet has no {split} clips")
-    ds = AnnotatedClips(store, clips, clip_frames or CLIP_FRAMES[dataset])
+    ds = AnnotatedClips(store, clips, clip_frames or clip_frames_of(dataset, manifest_dir))
     if not len(ds):
         raise EvaluateError(f"none of the {len(clips)} {dataset} {split} clips has features")
     verify_features(store, {c.video_id for c in ds.clips})
@@ -136,13 +158,16 @@ def evaluate(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict
     loader = DataLoader(ds, batch_size=batch, collate_fn=collate_clips)
     results, curves, examples_html = {}, {}, []
     for setting, path in present.items():
-        model, state, sha = models[setting]
-        a, v = embed(model, loader, dev)
+        mf = models[setting]
+        a, v = embed(mf.model, loader, dev)
         r_av = ranks_from_embeddings(a, v).numpy()       # each direction ranked once
         r_va = ranks_from_embeddings(v, a).numpy()
         m = metrics_from_ranks(r_av, r_va, n_official=len(clips))
-        results[setting] = {"metrics": m, "checkpoint": str(path), "checkpoint_sha256": sha,
-                            "trained_on": state.get("provenance", {})}
+        results[setting] = {"metrics": m, "checkpoint": str(path),
+                            "checkpoint_sha256": mf.sha256,
+                            "trained_on": mf.checkpoint.get("provenance", {}),
+                            "model_config": mf.config, "config_source": mf.config_source,
+                            "stored_as": mf.stored_as}
         curves[setting] = {"audio_to_video": _curve(r_av, len(clips)),
                            "video_to_audio": _curve(r_va, len(clips))}
         examples_html.append(_examples(setting, ds, a, v, examples, ledger, videos_root))
@@ -153,14 +178,38 @@ def evaluate(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict
     flat = {f"{s}/{proto}/{k}": v for s, r in results.items()
             for proto, mm in r["metrics"].items() for k, v in mm.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(flat, out_dir / f"{dataset}.json")
+    write_json_atomic(headline(flat), out_dir / f"{dataset}.json")
     write_json_atomic({"dataset": dataset, "provenance": prov, "settings": results,
-                       "chance": chance(len(clips))},
+                       "chance": chance(len(clips)), "metrics": flat},
                       out_dir / dataset / "details.json")
+    write_curves(curves, len(clips), out_dir / "curves" / dataset)
     _write_text_atomic(markdown(dataset, results, prov), out_dir / f"{dataset}.md")
     _plot_curves(dataset, curves, len(clips), out_dir / f"{dataset}.png")
     _write_text_atomic(_page(dataset, prov, examples_html), out_dir / f"{dataset}.html")
     return flat
+
+
+def headline(flat: dict[str, float]) -> dict[str, float]:
+    """The headline numbers of `flat` ("<setting>/<protocol>/<metric>"): R@1/5/10 and median
+    rank per direction and setting, paper protocol (what `dvc metrics show` lists)."""
+    keep = {f"paper/{m}" for m in HEADLINE}
+    return {k: v for k, v in flat.items() if k.split("/", 1)[-1] in keep}
+
+
+def write_curves(curves: dict, n: int, folder: Path) -> None:
+    """Recall-at-K curves as data for `dvc plots` (dvc.yaml `plots`): folder/<setting>.csv with
+    columns K, audio_to_video, video_to_audio (paper protocol) and chance. CSVs of settings not
+    evaluated this time are removed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {s: re.sub(r"[^A-Za-z0-9_.-]", "_", s) + ".csv" for s in curves}
+    for old in folder.glob("*.csv"):
+        if old.name not in names.values():
+            old.unlink()
+    for setting, c in curves.items():
+        rows = ["K,audio_to_video,video_to_audio,chance"]
+        rows += [f"{k},{c['audio_to_video'][k - 1]!r},{c['video_to_audio'][k - 1]!r},"
+                 f"{min(k, n) / n if n else 0.0!r}" for k in range(1, CURVE_K + 1)]
+        _write_text_atomic("\n".join(rows) + "\n", folder / names[setting])
 
 
 def _audit_date(ledger: pa.Table | None) -> str | None:
@@ -180,10 +229,11 @@ def _labels(results: dict) -> dict[str, str]:
     """Row labels: the paper's names when pretraining was on HowTo100M, else say on what."""
     pre = (results.get("zero_shot", {}).get("trained_on", {}).get("dataset")
            or results.get("fine_tuned", {}).get("trained_on", {}).get("pretrained_on"))
-    if pre in (None, "howto100m"):
-        return dict(SETTINGS)
-    return {"target_only": "target only", "zero_shot": f"zero-shot ({pre} pretraining)",
-            "fine_tuned": f"{pre} pretraining + fine-tune"}
+    labels = (dict(SETTINGS) if pre in (None, "howto100m") else
+              {"target_only": "target only", "zero_shot": f"zero-shot ({pre} pretraining)",
+               "fine_tuned": f"{pre} pretraining + fine-tune"})
+    # evaluate.checkpoints: a setting named by the user, labelled by its name
+    return {**labels, **{s: s for s in results if s not in labels}}
 
 
 def markdown(dataset: str, results: dict, prov: dict) -> str:
@@ -197,11 +247,11 @@ def markdown(dataset: str, results: dict, prov: dict) -> str:
             + " | ".join(f"{100 * ch[f'R@{k}']:.1f}" for k in KS) + " | "
             + " | ".join(f"{100 * ch[f'R@{k}']:.1f}" for k in KS) + f" | {ch['median_rank']:.1f} |"]
     paper = PAPER.get(dataset, {})
-    for setting, label in SETTINGS.items():
+    for setting in [*SETTINGS, *(s for s in results if s not in SETTINGS)]:
         if setting in paper:
             av, va = paper[setting]
-            rows.append(f"| {label} | paper | " + " | ".join(f"{x:.1f}" for x in av) + " | "
-                        + " | ".join(f"{x:.1f}" for x in va) + " | |")
+            rows.append(f"| {SETTINGS[setting]} | paper | " + " | ".join(f"{x:.1f}" for x in av)
+                        + " | " + " | ".join(f"{x:.1f}" for x in va) + " | |")
         if setting in results:
             for proto in ("paper", "available"):
                 m = results[setting]["metrics"][proto]
@@ -220,8 +270,22 @@ def markdown(dataset: str, results: dict, prov: dict) -> str:
              + "; checkpoints:"]
     for setting, r in results.items():
         lines.append(f"- {labels[setting]}: `{r['checkpoint']}` (sha256 "
-                     f"`{r['checkpoint_sha256'][:16]}`)")
+                     f"`{r['checkpoint_sha256'][:16]}`)" + _model_line(r))
     return "\n".join(lines) + "\n"
+
+
+def _model_line(r: dict) -> str:
+    """'; model embed_dim 4096, head gating, ... (recorded)' or '(inferred from state_dict
+    shapes; bare state_dict)'."""
+    c = r.get("model_config")
+    if not c:
+        return ""
+    desc = ", ".join(f"{k} {c[k]}" for k in ("embed_dim", "head", "audio_widths", "video_norm",
+                                             "video_dim") if k in c)
+    how = r.get("config_source")
+    if how != "recorded":          # say how a file from elsewhere held its weights
+        how = f"{how}; {r.get('stored_as')}"
+    return f"; model {desc} ({how})"
 
 
 def _plot_curves(dataset: str, curves: dict, n: int, out: Path) -> None:

@@ -49,7 +49,7 @@ from models.resnet2d import STD as RGB_STD
 from pipeline.features import decode as dec
 from pipeline.cluster import connect, follow
 from pipeline.config import ClusterParams, ExtractParams, to_dict
-from pipeline.download.ledger import AVAILABLE
+from pipeline.download.ledger import AVAILABLE, media_dirs
 from pipeline.features.logmel import RECIPE as LOGMEL_RECIPE
 from pipeline.features.logmel import logmel
 from pipeline.data.manifest import write_json_atomic
@@ -602,7 +602,7 @@ def check_ledger(availability: pa.Table, root: Path, videos_dir: Path | None,
     defence for callers that pass a table. Special files are refused where they are opened
     (media.check_regular: the video's status says so)."""
     rows: dict[str, dict] = {}
-    allowed = [videos_dir if videos_dir is not None else Path(".")]
+    allowed = media_dirs(videos_dir if videos_dir is not None else Path("."))
     for i, r in enumerate(availability.to_pylist()):
         vid = check_safe_id(r.get("video_id"), f"{where}, row {i}, field 'video_id'")
         if vid in rows:

@@ -12,12 +12,16 @@ from typing import Iterable
 import torch
 
 from pipeline.learn.avdata import AnnotatedClips, ClipRef, PretrainVideos, collate_videos
-from pipeline.config import FinetuneParams, TrainParams
+from models.avlnet import VIDEO_DIM
+from models.resdavenet import N_MELS
+from pipeline.config import FinetuneParams, ModelParams, ParamsError, TrainParams, from_dict
 from pipeline.data.manifest import read_clips, read_videos, write_json_atomic
 from pipeline.safety import writer_lock
-from pipeline.learn.sampling import CLIP_FRAMES, TRAIN_SPLIT
+from pipeline.learn.sampling import clip_frames_of, train_split
 from pipeline.features.store import FeatureStore, recipe_sha256
-from pipeline.learn.train import TrainError, train
+from pipeline.data.sources import sha256_file
+from pipeline.learn.train import ARCHITECTURE, CHECKSUMS, CheckpointError, TrainError, \
+    build_model, load_checkpoint, load_model_state, train
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +63,9 @@ def pretrain(dataset: str, features: Path, manifest_dir: Path, out: Path, p: Tra
              ) -> dict:
     """Pretrains on random windows of the train-split videos with features (status ok)."""
     store = FeatureStore(features, verify=p.verify)
-    split = TRAIN_SPLIT[dataset]
+    split = train_split(dataset, manifest_dir)
     listed = [r["video_id"] for r in read_videos(manifest_dir / "videos.parquet").to_pylist()
-              if split in r["split"].split(",")]
+              if split is None or split in r["split"].split(",")]
     usable = set(store.ids())
     ids = [v for v in listed if v in usable]
     log.info("%s: pretraining on %d of %d %s videos (the others have no usable features)",
@@ -89,9 +93,12 @@ def finetune(dataset: str, features: Path, manifest_dir: Path, init: Path | None
              tp: TrainParams, p: FinetuneParams) -> dict:
     """Fine-tunes (or trains from scratch with init None) on the annotated train clips."""
     store = FeatureStore(features, verify=tp.verify)
-    split = TRAIN_SPLIT[dataset]
+    split = train_split(dataset, manifest_dir)
+    if split is None:
+        raise TrainError(f"{manifest_dir}: {dataset} has no train split to fine-tune on "
+                         "(annotate clips with split `train`)")
     clips = load_clips(manifest_dir, split)
-    ds = AnnotatedClips(store, clips, p.clip_frames or CLIP_FRAMES[dataset])
+    ds = AnnotatedClips(store, clips, p.clip_frames or clip_frames_of(dataset, manifest_dir))
     if init is not None and not init.is_file():
         raise TrainError(f"{init} not found: run `dvc repro train` first, or set "
                          "finetune.init: none to train from scratch")
@@ -115,3 +122,162 @@ def finetune(dataset: str, features: Path, manifest_dir: Path, init: Path | None
                         restart_on_change=True)
         write_json_atomic({**summary, "provenance": prov}, out / "summary.json")
     return summary
+
+
+# --------------------------------------------------------------------------- model files
+
+CONFIG_RECORDED = "recorded"                          # a checkpoint of ours: its train.model
+CONFIG_INFERRED = "inferred from state_dict shapes"   # a bare state_dict (AVLnet_release.pth)
+# where a state_dict may sit inside a saved dict (ours: "model"; the reference's AMP
+# checkpoint: "net"; common elsewhere: "state_dict", "model_state_dict")
+WRAPPERS = ("model", "state_dict", "model_state_dict", "net")
+DP_PREFIX = "module."                                 # torch.nn.DataParallel / DDP key prefix
+
+
+@dataclasses.dataclass
+class ModelFile:
+    """A loaded model file: the AVLnet (on the CPU, weights loaded strictly), the file's
+    sha256, the architecture it was built with and where that came from, the checkpoint dict
+    (ours: provenance, params; {} for a bare state_dict) and how the state_dict was stored."""
+
+    model: torch.nn.Module
+    sha256: str
+    config: dict
+    config_source: str
+    checkpoint: dict
+    stored_as: str
+
+
+def load_model_file(path: Path, error: type[Exception] = TrainError) -> ModelFile:
+    """Our checkpoints (final.pt: {"model", "config", ...}, checked against the sha256 recorded
+    beside them) and bare state_dicts alike: AVLnet_release.pth, possibly wrapped in
+    {"state_dict": ...} (or "model", "model_state_dict", "net") and with DataParallel's
+    "module." key prefix. Without a recorded config the architecture is inferred from the
+    state_dict's shapes (infer_config). `error` in one line naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: not found; check the checkpoint's path")
+    try:
+        if (path.parent / CHECKSUMS).is_file():     # a run folder of ours: its record vouches
+            obj, sha = load_checkpoint(path)
+        else:                                        # a file on its own: tensors only, no code
+            obj, sha = _load_weights_only(path), sha256_file(path)
+    except CheckpointError as e:
+        raise error(str(e)) from None
+    sd, stored_as, config = _unwrap(obj, path, error)
+    if config is not None:
+        try:
+            mp = from_dict(ModelParams, config)
+        except (TypeError, ParamsError) as e:
+            raise error(f"{path}: its recorded model config is not one of this pipeline "
+                        f"({e})") from None
+        model = build_model(mp)
+        load_model_state(model, {"model": sd}, path, config, error)
+        # it loaded strictly, so the shapes agree with the record; the record's values rule
+        arch = {**infer_config(sd, path, error), **{k: getattr(mp, k) for k in ARCHITECTURE}}
+        return ModelFile(model, sha, arch, CONFIG_RECORDED, obj, stored_as)
+    arch = infer_config(sd, path, error)
+    model = build_model(ModelParams(**{k: arch[k] for k in ARCHITECTURE}))
+    _load_strict(model, sd, path, arch, error)
+    return ModelFile(model, sha, arch, CONFIG_INFERRED, {}, stored_as)
+
+
+def _load_weights_only(path: Path) -> dict:
+    """torch.load restricted to tensors and plain containers (a file from elsewhere must not
+    run code); CheckpointError in one line when it does not load."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any file that does not load is a bad checkpoint
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: "
+                              f"{first})") from None
+
+
+def _is_state_dict(d) -> bool:
+    return isinstance(d, dict) and bool(d) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
+
+
+def _unwrap(obj, path: Path, error: type[Exception]) -> tuple[dict, str, dict | None]:
+    """-> (state_dict with DataParallel's prefix removed, how it was stored, recorded config or
+    None)."""
+    if not isinstance(obj, dict):
+        raise error(f"{path}: holds a {type(obj).__name__}, not a state_dict or a checkpoint")
+    config = obj.get("config") if isinstance(obj.get("config"), dict) else None
+    sd, stored_as = obj, "bare state_dict"
+    for key in WRAPPERS:
+        if _is_state_dict(obj.get(key)):
+            sd, stored_as = obj[key], f"state_dict under {key!r}"
+            break
+    if not _is_state_dict(sd):
+        bad = next((k for k, v in sd.items() if not isinstance(v, torch.Tensor)), None)
+        raise error(f"{path}: not a state_dict (entry {bad!r} is not a tensor) and no "
+                    f"state_dict under {', '.join(repr(k) for k in WRAPPERS)}")
+    if all(k.startswith(DP_PREFIX) for k in sd):
+        sd = {k[len(DP_PREFIX):]: v for k, v in sd.items()}
+        stored_as += f", {DP_PREFIX!r} key prefix removed"
+    return sd, stored_as, config
+
+
+def infer_config(sd: dict, path: Path, error: type[Exception] = TrainError) -> dict:
+    """The AVLnet architecture that made `sd`, from its shapes (the released checkpoint's names,
+    avlnet.md): embed_dim (DAVEnet_projection rows), audio_widths (each stage's first conv),
+    head (gating: GU_video.cg.*; mlp: GU_video.fc2.*; linear: GU_video.weight), video_norm
+    (batchnorm when video_norm.running_mean is present), the video input size and the mel
+    bands (both must be this pipeline's). `error` in one line naming a key that is missing."""
+    def shape(key: str, needed_for: str, dims: int) -> tuple[int, ...]:
+        if key not in sd:
+            raise error(f"{path}: state_dict has no {key!r} (needed to infer {needed_for}); "
+                        "not an AVLnet checkpoint, or one of another architecture")
+        s = tuple(sd[key].shape)
+        if len(s) != dims:
+            raise error(f"{path}: {key!r} has shape {s}, expected {dims} dimensions (needed "
+                        f"to infer {needed_for}); not an AVLnet checkpoint")
+        return s
+
+    embed_dim = shape("DAVEnet_projection.weight", "embed_dim", 2)[0]
+    widths = [shape(f"DAVEnet.layer{i}.0.conv1.weight", "audio_widths", 4)[0]
+              for i in range(1, 5)]
+    n_mels = shape("DAVEnet.conv1.weight", "the audio input", 4)[2]
+    if "GU_video.cg.fc.weight" in sd:
+        head, video_key = "gating", "GU_video.fc.weight"
+    elif "GU_video.fc2.weight" in sd:
+        head, video_key = "mlp", "GU_video.fc.weight"
+    elif "GU_video.weight" in sd:
+        head, video_key = "linear", "GU_video.weight"
+    else:
+        raise error(f"{path}: state_dict has none of 'GU_video.cg.fc.weight', "
+                    "'GU_video.fc2.weight', 'GU_video.weight' (needed to infer the head: "
+                    "gating, mlp or linear); not an AVLnet checkpoint")
+    video_dim = shape(video_key, "the video input size", 2)[1]
+    if video_dim != VIDEO_DIM:
+        raise error(f"{path}: {video_key!r} takes {video_dim}-d video input; this pipeline's "
+                    f"video features are {VIDEO_DIM}-d (2D 2048 || 3D 2048)")
+    if n_mels != N_MELS:
+        raise error(f"{path}: 'DAVEnet.conv1.weight' takes {n_mels} mel bands; this "
+                    f"pipeline's log-Mel features have {N_MELS}")
+    return {"embed_dim": embed_dim, "head": head, "audio_widths": widths,
+            "video_norm": "batchnorm" if "video_norm.running_mean" in sd else "none",
+            "video_dim": video_dim, "n_mels": n_mels}
+
+
+def _load_strict(model: torch.nn.Module, sd: dict, path: Path, arch: dict,
+                 error: type[Exception]) -> None:
+    """load_state_dict(strict); otherwise `error` in one line: the keys missing, unexpected or
+    of another shape than the inferred architecture gives them (the first few)."""
+    try:
+        model.load_state_dict(sd)
+        return
+    except RuntimeError:
+        pass
+    mine = model.state_dict()
+    problems = [f"missing {k!r}" for k in mine if k not in sd]
+    problems += [f"unexpected {k!r}" for k in sd if k not in mine]
+    problems += [f"{k!r} has shape {tuple(sd[k].shape)}, expected {tuple(mine[k].shape)}"
+                 for k in mine if k in sd and tuple(sd[k].shape) != tuple(mine[k].shape)]
+    more = f"; ... {len(problems) - 4} more" if len(problems) > 4 else ""
+    desc = ", ".join(f"{k} {arch[k]}" for k in ("embed_dim", "head", "audio_widths",
+                                                 "video_norm"))
+    raise error(f"{path}: state_dict does not fit the AVLnet its shapes imply ({desc}): "
+                + "; ".join(problems[:4] or ["a value of another type"]) + more
+                + "; is it an AVLnet checkpoint of this architecture?")

@@ -3,7 +3,9 @@ and which 2D / 3D feature rows a clip covers. Pure functions on integers; the da
 them to read only the needed window from the feature store."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +21,33 @@ CLIP_FRAMES = {"youcook2": 5120, "crosstask": 5120, "msrvtt": 3072, "demo": 512}
 TRAIN_SPLIT = {"youcook2": "train", "crosstask": "train", "msrvtt": "train_9k", "demo": "train",
                "howto100m": "train"}
 EVAL_SPLIT = {"youcook2": "val", "crosstask": "val", "msrvtt": "test_1k_a", "demo": "val"}
+OWN_CLIP_FRAMES = 5120   # own media's evaluated clips, unless its manifest says otherwise
+
+
+def _recorded(manifest_dir: Path) -> dict:
+    """The roles and clip length an own-media manifest recorded in its manifest.json."""
+    try:
+        data = json.loads((Path(manifest_dir) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {**data.get("roles", {}), "clip_frames": data.get("clip_frames")}
+
+
+def train_split(dataset: str, manifest_dir: Path) -> str | None:
+    """The split training reads: the built-in table, else what the manifest records; None for
+    own media without a train split (pretraining then uses every video)."""
+    return TRAIN_SPLIT.get(dataset) or _recorded(manifest_dir).get("train")
+
+
+def eval_split(dataset: str, manifest_dir: Path) -> str:
+    """The split evaluated: the built-in table, else what the manifest records (test/val)."""
+    return EVAL_SPLIT.get(dataset) or _recorded(manifest_dir).get("eval") or "test"
+
+
+def clip_frames_of(dataset: str, manifest_dir: Path) -> int:
+    """Audio frames per annotated clip: the built-in table, else the manifest's, else 5120."""
+    return CLIP_FRAMES.get(dataset) or _recorded(manifest_dir).get("clip_frames") \
+        or OWN_CLIP_FRAMES
 
 
 def whole_seconds(frames: int) -> int:

@@ -227,7 +227,8 @@ class RunFiles:
     def move_run_aside(self, why: str) -> None:
         """Moves every file of the run (checkpoints, log, plot, final model, summary, record)
         to stale/: the run starts over."""
-        names = (CHECKPOINT, PREVIOUS, FINAL, CHECKSUMS, "log.jsonl", "loss.png", "summary.json")
+        names = (CHECKPOINT, PREVIOUS, FINAL, CHECKSUMS, "log.jsonl", "loss.png", "loss.csv",
+                 "summary.json")
         move_aside([self.dir / n for n in names if (self.dir / n).is_file()], self.dir, why)
         self.files = {}
 
@@ -337,7 +338,8 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
           on_step: Callable[[dict], None] | None = None) -> dict:
     """Trains (or resumes) the run in `run_dir`; -> summary. Writes checkpoint.pt (every
     p.checkpoint_every steps and at each epoch end), log.jsonl (one line per step: loss, lr,
-    clips/s, data-wait fraction), loss.png, and final.pt at the end.
+    clips/s, data-wait fraction), loss.png and loss.csv (step, epoch, loss, lr: dvc plots) at
+    each epoch end, and final.pt at the end.
 
     items_per_batch: dataset items per global batch (videos for pretraining, clips for
     fine-tuning). bn_frozen: BatchNorm in evaluation mode (frozen statistics, eval pooling),
@@ -502,6 +504,7 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
             checkpoint(epoch, 0)
             if d.main:
                 plot_loss(run_dir / "log.jsonl", run_dir / "loss.png")
+                write_loss_csv(run_dir / "log.jsonl", run_dir / "loss.csv")
     except OSError as e:
         if e.filename is not None or e.errno is None:
             raise
@@ -512,6 +515,10 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
         if log_file is not None:
             log_file.close()
     if d.main:
+        # again at the end: a run resumed after its last epoch (or older, without loss.csv)
+        # still leaves both, derived from log.jsonl
+        plot_loss(run_dir / "log.jsonl", run_dir / "loss.png")
+        write_loss_csv(run_dir / "log.jsonl", run_dir / "loss.csv")
         files.save(FINAL, {"model": model.state_dict(), "config": to_dict(p.model),
                            "params": to_dict(p), "bn_frozen": bn_frozen,
                            "provenance": provenance or {}, "global_step": global_step})
@@ -545,6 +552,17 @@ def _autocast(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def write_loss_csv(log_path: Path, out: Path) -> None:
+    """Loss per step from log.jsonl -> CSV (step, epoch, loss, lr), atomically: the data of
+    dvc.yaml's loss plot (`dvc plots show`)."""
+    rows = read_log(log_path)
+    lines = ["step,epoch,loss,lr"] + [f"{r['step']},{r['epoch']},{r['loss']!r},{r['lr']!r}"
+                                      for r in rows]
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, out)
 
 
 def plot_loss(log_path: Path, out: Path) -> None:

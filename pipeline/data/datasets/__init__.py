@@ -15,6 +15,8 @@ MODULES = {
     "msrvtt": "pipeline.data.datasets.msrvtt",
     "crosstask": "pipeline.data.datasets.crosstask",
     "howto100m": "pipeline.data.datasets.howto100m",
+    "custom": "pipeline.data.datasets.custom",     # parse(OwnInputs, CustomManifestParams)
+    "lsmdc": "pipeline.data.datasets.lsmdc",       # parse(OwnInputs, LsmdcManifestParams)
 }
 
 

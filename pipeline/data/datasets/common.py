@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
-from pathlib import Path
+import re
+import unicodedata
+import urllib.parse
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from pipeline.data.manifest import ManifestError
@@ -82,3 +86,62 @@ def require(obj: Any, key: str, tp: type | tuple[type, ...], path: Path, row: An
 def youtube_url(video_id: str) -> str:
     """The canonical watch URL of a validated YouTube id."""
     return f"https://www.youtube.com/watch?v={video_id}"
+
+
+# --------------------------------------------------------------------------- own media
+# (custom and lsmdc parsers)
+
+# a clip without an end (an unannotated URL of unknown length) runs to the end of the video:
+# features are sliced up to here, so any real video ends before it
+WHOLE_VIDEO_S = 86400.0
+def file_url(path: Path) -> str:
+    """A file: URL: project-relative when the file lies inside the project (portable across
+    clones), else absolute."""
+    here = Path.cwd().absolute()
+    try:
+        posix = path.absolute().relative_to(here).as_posix()
+    except ValueError:
+        posix = path.absolute().as_posix()
+    return "file:" + urllib.parse.quote(posix)   # spaces, '%', '#', unicode survive the URL
+
+
+def stable_id(name: str) -> str:
+    """A path-safe id for `name` (a relative path or a URL): slug-<10 hex of sha256(name)>."""
+    stem = PurePosixPath(name.split("?")[0].rstrip("/")).stem if "://" not in name \
+        else name.split("://", 1)[1]
+    ascii_ = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", ascii_).strip("_-")[:40] or "media"
+    return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
+
+
+class OwnVideos:
+    """The videos found so far, by id, with the names that may refer to each."""
+
+    def __init__(self, dataset: str):
+        self.dataset = dataset
+        self.rows: dict[str, dict] = {}
+        self.by_name: dict[str, str] = {}
+
+    def add(self, vid: str, url: str, name: str, split: str | None, where: str,
+            duration: float | None = None, title: str | None = None) -> None:
+        if vid in self.rows:
+            if self.rows[vid]["url"] != url:
+                raise ManifestError(where, None, "id", f"id {vid!r} names two media "
+                                    f"({self.rows[vid]['url']} and {url})")
+            return  # the same file listed twice (in the folder and in the list)
+        self.rows[vid] = {"video_id": vid, "url": url, "name": name, "title": title,
+                          "duration_s": duration, "_split": split, "_row": where}
+        for key in {vid, name, url, PurePosixPath(name).name, PurePosixPath(name).stem}:
+            self.by_name.setdefault(key, vid)   # first wins: ambiguous stems stay with the first
+
+    def find(self, ref: str) -> str | None:
+        return self.by_name.get(ref.strip())
+
+
+def roles(splits: tuple[str, ...], default_split: str) -> dict[str, str]:
+    """Which split evaluation (test, else val, else the default) and fine-tuning (train, when
+    there is one) use."""
+    out = {"eval": next((s for s in ("test", "val") if s in splits), default_split)}
+    if "train" in splits:
+        out["train"] = "train"
+    return out

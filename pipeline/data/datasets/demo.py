@@ -8,5 +8,6 @@ from pipeline.data.sources import Sources
 
 
 def parse(sources: Sources, params: SourceParams) -> Manifest:
-    """Parses data/demo/annotations.json (written by stage `demo`, pinned in its source.yaml)."""
+    """Parses data/sources/demo/annotations.json (written by stage `demo`, pinned in its
+    source.yaml)."""
     return parse_file(sources.get("annotations"), "demo", file_urls=True)
