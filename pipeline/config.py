@@ -624,6 +624,7 @@ class Params:
         out = [Path(videos_dir)]
         if self.kind(name) in OWN_KINDS and self.manifest.of(name).media is not None:
             media = Path(self.manifest.of(name).media)
+            # inside data/sources/<name> (pipeline.data.sources.source_folder) unless absolute
             out.append(media if media.is_absolute() else Path("data/sources", name, media))
         return out
 

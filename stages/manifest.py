@@ -29,11 +29,11 @@ def cli(**kw) -> int:
         from pipeline.config import OWN_KINDS, load_params, to_dict
         from pipeline.data.datasets import parser
         from pipeline.data.manifest import validate, write_manifest
-        from pipeline.data.sources import OwnInputs, Sources
+        from pipeline.data.sources import OwnInputs, Sources, source_folder
         params = load_params(args.params)
         kind, p = params.kind(ds), params.manifest.of(ds)
         if kind in OWN_KINDS:   # own media: settings in params, inputs in data/sources/<ds>
-            sources = OwnInputs(ds, Path("data/sources", ds))
+            sources = OwnInputs(ds, source_folder(ds))
         else:
             # only data/sources/<ds> (the stage's DVC dependency; `avl sources <ds>` fills it)
             sources = Sources.in_stage(ds, args.source_spec or Path("manifests", ds,

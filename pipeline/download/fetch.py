@@ -220,23 +220,10 @@ class Fetcher:
         if not source.exists():
             return _failure(Outcome(UNAVAILABLE, "not_found", "permanent",
                                     f"{source}: no such file", "FileNotFoundError", None))
-        try:
-            meta = probe(source)
-            size, sha = source.stat().st_size, sha256_file(source)
-        except MediaAccessError as e:
-            return local_failure(str(e), "MediaAccessError")
-        except ProbeError as e:   # not media: permanent until the file changes; left as it is
-            return _failure(Outcome(UNAVAILABLE, "file_invalid", "permanent", str(e),
-                                    "ProbeError", None))
-        except OSError as e:
-            return local_failure(e)
-        meta.pop("has_video")
         root = Path(self.root).resolve()
         rel = source.relative_to(root).as_posix() if source.is_relative_to(root) \
             else str(source)
-        return {"status": AVAILABLE, "reason": None, "kind": None, "message": None,
-                "exc_class": None, "http_status": None, "ytdlp_version": ytdlp_version(),
-                "path": rel, "filesize": size, "sha256": sha, "format_id": "local", **meta}
+        return _examine(source, rel, "local", remove_invalid=False)
 
     def _check_target(self, video_id: str) -> dict | None:
         """A local_error outcome when something other than a regular file sits where yt-dlp
@@ -257,27 +244,34 @@ class Fetcher:
         if path is None or not os.path.lexists(path):
             return local_failure("yt-dlp reported success but no file was written",
                                  "MissingFile")
-        try:
-            meta = probe(path)
-            size, sha = path.stat().st_size, sha256_file(path)
-        except MediaAccessError as e:    # this machine's problem: the file stays as it is
-            return local_failure(str(e), "MediaAccessError")
-        except ProbeError as e:
-            # downloaded, but not media: a re-download gets the same bytes, so it is permanent
-            # (re-checked only on request); never leave a bad file that looks finished
+        return _examine(path, os.path.relpath(path, self.root), info.get("format_id"),
+                        remove_invalid=True)
+
+
+def _examine(path: Path, rel: str, format_id: str | None, remove_invalid: bool) -> dict:
+    """The outcome for the media file at `path` (recorded as `rel`): probed and hashed ->
+    available; not media -> file_invalid, permanent (a download gets the same bytes again: with
+    `remove_invalid` the bad file is removed, never left looking finished; own media are left
+    as they are); unreadable -> this machine's local_error, the file untouched."""
+    try:
+        meta = probe(path)
+        size, sha = path.stat().st_size, sha256_file(path)
+    except MediaAccessError as e:
+        return local_failure(str(e), "MediaAccessError")
+    except ProbeError as e:
+        if remove_invalid:
             try:
                 path.unlink(missing_ok=True)
             except OSError as u:
                 log.warning("%s: cannot remove the invalid download (%s)", path, u.strerror)
-            return _failure(Outcome(UNAVAILABLE, "file_invalid", "permanent", str(e),
-                                    "ProbeError", None))
-        except OSError as e:
-            return local_failure(e)
-        meta.pop("has_video")
-        return {"status": AVAILABLE, "reason": None, "kind": None, "message": None,
-                "exc_class": None, "http_status": None, "ytdlp_version": ytdlp_version(),
-                "path": os.path.relpath(path, self.root), "filesize": size,
-                "sha256": sha, "format_id": info.get("format_id"), **meta}
+        return _failure(Outcome(UNAVAILABLE, "file_invalid", "permanent", str(e),
+                                "ProbeError", None))
+    except OSError as e:
+        return local_failure(e)
+    meta.pop("has_video")
+    return {"status": AVAILABLE, "reason": None, "kind": None, "message": None,
+            "exc_class": None, "http_status": None, "ytdlp_version": ytdlp_version(),
+            "path": rel, "filesize": size, "sha256": sha, "format_id": format_id, **meta}
 
 
 def _check_source(source: Path) -> dict | None:

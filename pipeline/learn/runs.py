@@ -21,7 +21,7 @@ from pipeline.learn.sampling import clip_frames_of, train_split
 from pipeline.features.store import FeatureStore, recipe_sha256
 from pipeline.data.sources import sha256_file
 from pipeline.learn.train import ARCHITECTURE, CHECKSUMS, CheckpointError, TrainError, \
-    build_model, load_checkpoint, load_model_state, train
+    build_model, load_checkpoint, load_model_state, state_dict_mismatch, train
 
 log = logging.getLogger(__name__)
 
@@ -270,14 +270,8 @@ def _load_strict(model: torch.nn.Module, sd: dict, path: Path, arch: dict,
         return
     except RuntimeError:
         pass
-    mine = model.state_dict()
-    problems = [f"missing {k!r}" for k in mine if k not in sd]
-    problems += [f"unexpected {k!r}" for k in sd if k not in mine]
-    problems += [f"{k!r} has shape {tuple(sd[k].shape)}, expected {tuple(mine[k].shape)}"
-                 for k in mine if k in sd and tuple(sd[k].shape) != tuple(mine[k].shape)]
-    more = f"; ... {len(problems) - 4} more" if len(problems) > 4 else ""
     desc = ", ".join(f"{k} {arch[k]}" for k in ("embed_dim", "head", "audio_widths",
                                                  "video_norm"))
     raise error(f"{path}: state_dict does not fit the AVLnet its shapes imply ({desc}): "
-                + "; ".join(problems[:4] or ["a value of another type"]) + more
-                + "; is it an AVLnet checkpoint of this architecture?")
+                f"{state_dict_mismatch(model, sd)}; is it an AVLnet checkpoint of this "
+                "architecture?")

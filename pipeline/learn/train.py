@@ -158,13 +158,22 @@ def load_model_state(model: nn.Module, state: dict, path: Path, config: dict | N
             model.load_state_dict(sd)
             return
         except RuntimeError:
-            mine = model.state_dict()
-            differ = [k for k in sorted(set(mine) | set(sd))
-                      if k not in mine or k not in sd or tuple(mine[k].shape)
-                      != tuple(getattr(sd[k], "shape", ()))]
-            differ = differ[:6] + ([f"... {len(differ) - 6} more"] if len(differ) > 6 else [])
+            differ = [state_dict_mismatch(model, sd)]
     raise error(f"{path}: a checkpoint of another model ({'; '.join(differ)}); use the "
                 "train.model settings it was trained with, or retrain it")
+
+
+def state_dict_mismatch(model: nn.Module, sd: dict, limit: int = 4) -> str:
+    """Why `sd` does not load strictly into `model`, in one line: the first `limit` keys
+    missing, unexpected or of another shape."""
+    mine = model.state_dict()
+    problems = [f"missing {k!r}" for k in mine if k not in sd]
+    problems += [f"unexpected {k!r}" for k in sd if k not in mine]
+    problems += [f"{k!r} has shape {tuple(getattr(sd[k], 'shape', ()))}, expected "
+                 f"{tuple(mine[k].shape)}" for k in mine
+                 if k in sd and tuple(getattr(sd[k], "shape", ())) != tuple(mine[k].shape)]
+    more = f"; ... {len(problems) - limit} more" if len(problems) > limit else ""
+    return "; ".join(problems[:limit] or ["a value of another type"]) + more
 
 
 class RunFiles:

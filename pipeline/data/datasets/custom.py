@@ -23,7 +23,7 @@ from pipeline.config import CustomManifestParams
 from pipeline.data.datasets.common import (WHOLE_VIDEO_S, OwnVideos, file_url, load_json,
                                            roles, stable_id)
 from pipeline.data.manifest import Manifest, ManifestError, parse_time
-from pipeline.data.sources import OwnInputs
+from pipeline.data.sources import OwnInputs, source_folder
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,14 @@ _YOUTUBE = re.compile(r"\A(?:https?://)?(?:www\.|m\.)?(?:youtube\.com/(?:watch\?
                       r"shorts/|embed/)|youtu\.be/)([A-Za-z0-9_-]{11})(?:[&?#/].*)?\Z")
 
 
-def prepare(dataset: str, kind: str, params: Any, manifests: Path = Path("manifests"),
-            sources: Path = Path("data/sources")) -> list[Path]:
+def prepare(dataset: str, kind: str, params: Any, manifests: Path = Path("manifests")
+            ) -> list[Path]:
     """Sets up an own dataset's folders: data/sources/<name>/ (its inputs, a DVC dependency of
     manifest@<name>; with media/ when the media folder is the default) and
     manifests/<name>/source.yaml (no official files; the stages' common dependency). Keeps what
     exists. -> the paths created."""
     made = []
-    folder = sources / dataset
+    folder = source_folder(dataset)
     media = getattr(params, "media", None)
     for d in [folder] + ([folder / media] if media and not os.path.isabs(media) else []):
         if not d.exists():
