@@ -9,6 +9,9 @@
 (d) store bytes per video-second against the 18,240-byte float16 floor, HDF5 and Parquet.
 (e) reduced precision (bf16 / fp16 autocast): forward speed-up and the largest deviation from
     the float32 features.
+(f) whole processes on one 640x360 video: `python -m stages.extract` against the reference
+    recipe's three processes (benchmarks/reference_extractor.py) and the bare float32 forward
+    floor of the same video, with the largest difference between the two sets of features.
 
 Weights are seeded random (same architecture and cost as the official ones; offline here).
 Writes benchmarks/results/extract[-TAG].json and .md. Usage:
@@ -22,6 +25,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -96,7 +100,8 @@ def bench_decode(path: Path, repeats: int) -> dict:
 
 def _params(device: str, **kw):
     from pipeline.config import ExtractParams
-    return ExtractParams(weights_2d="random:0", weights_3d="random:1", device=device, **kw)
+    return ExtractParams(**{"weights_2d": "random:0", "weights_3d": "random:1", "device": device,
+                            **kw})
 
 
 def _job(p, recipe, videos, out: Path, shard: int):
@@ -128,18 +133,20 @@ def bare_forwards(models, frames2d: list[np.ndarray], clips: list[np.ndarray], p
 
 
 def _forwards(models, frames2d, clips, p, device: str) -> dict:
+    from pipeline.features.extract import batch_sizes
     t2 = t3 = 0.0
+    b2, b3 = batch_sizes(p, device)
     with torch.inference_mode():     # warm-up: one full batch of every input shape, untimed
         for f2 in frames2d:
-            x = torch.from_numpy(f2[:p.batch_2d]).to(device).permute(0, 3, 1, 2).float()
+            x = torch.from_numpy(f2[:b2]).to(device).permute(0, 3, 1, 2).float()
             models._run(models.resnet, (x / 255.0 - models.mean2d) / models.std2d)
         for c in clips[:1]:
-            x = torch.from_numpy(c[:p.batch_3d]).to(device).permute(0, 4, 1, 2, 3).float()
+            x = torch.from_numpy(c[:b3]).to(device).permute(0, 4, 1, 2, 3).float()
             models._run(models.resnext, x - models.mean3d)
     _sync(device)
     for f2 in frames2d:
-        for i in range(0, len(f2), p.batch_2d):
-            x = torch.from_numpy(f2[i:i + p.batch_2d]).to(device).permute(0, 3, 1, 2).float()
+        for i in range(0, len(f2), b2):
+            x = torch.from_numpy(f2[i:i + b2]).to(device).permute(0, 3, 1, 2).float()
             x = ((x / 255.0 - models.mean2d) / models.std2d)
             _sync(device)
             t0 = time.perf_counter()
@@ -147,8 +154,8 @@ def _forwards(models, frames2d, clips, p, device: str) -> dict:
             _sync(device)
             t2 += time.perf_counter() - t0
     for c in clips:
-        for i in range(0, len(c), p.batch_3d):
-            x = torch.from_numpy(c[i:i + p.batch_3d]).to(device).permute(0, 4, 1, 2, 3).float()
+        for i in range(0, len(c), b3):
+            x = torch.from_numpy(c[i:i + b3]).to(device).permute(0, 4, 1, 2, 3).float()
             x = x - models.mean3d
             _sync(device)
             t0 = time.perf_counter()
@@ -197,6 +204,7 @@ def bench_end_to_end(paths: list[Path], device: str, tmp: Path, fmt_sizes: bool 
                     "over_floor": size / seconds / FLOOR_BYTES_PER_S}
     bound = max(bare["total_s"], decode_s)
     return {"videos": len(paths), "video_s": sum(_duration(x) for x in paths),
+            "sizes": ", ".join(f"{_duration(x):.0f} s {_size(x)}" for x in paths),
             "decode_parallel_s": decode_s, "decoders": n_dec,
             "e2e_over_bound": out["hdf5"]["wall_s"] / bound,
             "bound": "forwards" if bare["total_s"] >= decode_s else "decode",
@@ -219,6 +227,12 @@ def _decode_parallel(paths: list[Path], n: int) -> float:
     with ThreadPoolExecutor(n) as ex:
         list(ex.map(one, paths))
     return time.perf_counter() - t0
+
+
+def _size(path: Path) -> str:
+    from pipeline.media import probe
+    info = probe(path)
+    return f"{info['width']}x{info['height']}"
 
 
 def _duration(path: Path) -> float:
@@ -298,6 +312,123 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum(1).min())
 
 
+# --------------------------------------------------------------------------- (f) vs the reference
+
+
+def weight_files(folder: Path) -> tuple[Path, Path]:
+    """Seeded random weights saved in the official formats, so that every process (ours and the
+    reference's) pays for loading them from a file as with the real ones: torchvision's
+    resnet152 state_dict, and Hara's checkpoint dict (`module.`-prefixed) -> (2D, 3D) files."""
+    from pipeline.features.weights import random_backbone
+    folder.mkdir(parents=True, exist_ok=True)
+    f2, f3 = folder / "resnet152-random0.pth", folder / "resnext-101-kinetics-random1.pth"
+    if not f2.exists():
+        torch.save(random_backbone("resnet152", 0).state_dict(), f2)
+    if not f3.exists():
+        sd = {f"module.{k}": v for k, v in random_backbone("resnext101", 1).state_dict().items()}
+        torch.save({"epoch": 0, "arch": "resnext-101", "state_dict": sd, "optimizer": {}}, f3)
+    return f2, f3
+
+
+# Runs argv[2:] and writes its wall time and peak RSS to argv[1]. A small process of its own in
+# between, because a child's peak RSS starts at its parent's RSS at fork (Linux keeps the
+# high-water mark across exec), and this benchmark's process holds models and frames.
+_RUNNER = ("import json, os, subprocess, sys, time\n"
+           "t0 = time.perf_counter()\n"
+           "p = subprocess.Popen(sys.argv[2:])\n"
+           "_, status, usage = os.wait4(p.pid, 0)\n"
+           "p.returncode = os.waitstatus_to_exitcode(status)\n"
+           "open(sys.argv[1], 'w').write(json.dumps({'rc': p.returncode, 'wall_s': "
+           "time.perf_counter() - t0, 'peak_rss_mib': usage.ru_maxrss / 1024}))\n")
+
+
+def timed_process(cmd: list[str], cwd: Path, log: Path) -> dict:
+    """Runs `cmd` -> wall seconds and the peak RSS (MiB) of the largest of it and the processes
+    it waited for (dask's worker processes included); stops the benchmark if it fails."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    result = log.with_suffix(".json")
+    with open(log, "wb") as out:
+        subprocess.run([sys.executable, "-c", _RUNNER, str(result), *cmd], cwd=cwd, env=env,
+                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                       check=True)
+    r = json.loads(result.read_text())
+    if r["rc"]:
+        raise RuntimeError(f"{' '.join(cmd)} exited {r['rc']}:\n"
+                           + log.read_text(errors="replace")[-3000:])
+    return {"wall_s": r["wall_s"], "peak_rss_mib": r["peak_rss_mib"]}
+
+
+def _bench_project(tmp: Path, video: Path, f2: Path, f3: Path) -> Path:
+    """A project folder whose params make `video` (in a folder of its own) the only video of a
+    custom dataset `bench`, with the weight files; manifest and download run (untimed)."""
+    import yaml
+    media, proj = tmp / "bench-media", tmp / "bench-project"
+    media.mkdir()
+    proj.mkdir()
+    shutil.copy2(video, media / video.name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"] = {**params["datasets"], "bench": "custom"}
+    params["manifest"]["bench"] = {"media": str(media)}
+    params["extract"].update(weights_2d=str(f2), weights_3d=str(f3))
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for stage in ("manifest", "download"):
+        timed_process([sys.executable, "-m", f"stages.{stage}", "--dataset", "bench"], proj,
+                      tmp / f"{stage}.log")
+    return proj
+
+
+def bench_reference(video: Path, tmp: Path) -> dict:
+    """(f) One video, whole processes timed side by side: `python -m stages.extract` (dask,
+    decode once, batched forwards, store) against the reference recipe's three processes
+    (benchmarks.reference_extractor), with the bare forward floor of the same video, our
+    extraction on warm models, and the largest difference between the two sets of features."""
+    from pipeline.features.extract import batch_sizes, get_models, run_shard
+    from pipeline.features.store import FeatureStore
+    f2, f3 = weight_files(tmp / "weights")
+    proj = _bench_project(tmp, video, f2, f3)
+    ours = timed_process([sys.executable, "-m", "stages.extract", "--dataset", "bench"], proj,
+                         tmp / "extract.log")
+    ref, ref_feats = {}, {}
+    for kind in ("2d", "3d", "audio"):
+        out = tmp / f"reference-{kind}.npy"
+        ref[kind] = timed_process([sys.executable, "-m", "benchmarks.reference_extractor",
+                                   "--type", kind, "--video", str(video), "--weights",
+                                   str(f2 if kind == "2d" else f3), "--out", str(out)], ROOT,
+                                  tmp / f"reference-{kind}.log")
+        ref_feats[kind] = np.load(out).astype(np.float32)
+    ref_total = sum(r["wall_s"] for r in ref.values())
+
+    # in this process: the bare forwards and run_shard on the same models, loaded from the same
+    # files the way a worker loads them (get_models, with the worker's allocator settings)
+    p = _params("cpu", weights_2d=str(f2), weights_3d=str(f3))
+    job = _job(p, _recipe(p), [video], tmp / "warm", 0)
+    models = get_models(job)
+    f2s, clips = _inputs([video])
+    floor = bare_forwards(models, f2s, clips, p, "cpu")
+    del f2s, clips
+    t0 = time.perf_counter()
+    run_shard(job, emit=lambda ev: None)
+    warm_s = time.perf_counter() - t0
+
+    with FeatureStore(proj / "data" / "features" / "bench") as store:
+        vid = store.ids()[0]
+        ours_feats = {k: store.read(vid, name).astype(np.float32) for k, name in
+                      (("2d", "resnet152"), ("3d", "resnext101"), ("audio", "logmel"))}
+    diff = {}
+    for k in ("2d", "3d", "audio"):
+        a, b = ours_feats[k], ref_feats[k]
+        diff[k] = {"shape_ours": list(a.shape), "shape_reference": list(b.shape),
+                   "max_abs_diff": float(np.abs(a - b).max()) if a.shape == b.shape else None}
+    return {"video": video.name, "size": _size(video), "video_s": _duration(video),
+            "threads": torch.get_num_threads(), "batches": batch_sizes(p, "cpu"),
+            "ours_process": ours, "reference_processes": ref,
+            "reference_total_s": ref_total, "bare_forward": floor, "ours_warm_s": warm_s,
+            "reference_over_ours": ref_total / ours["wall_s"],
+            "ours_over_floor": ours["wall_s"] / floor["total_s"],
+            "warm_over_floor": warm_s / floor["total_s"], "features_max_abs_diff": diff}
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -323,7 +454,8 @@ def markdown(r: dict) -> str:
     if b:
         bf = b["bare_forward"]
         lines += [f"## (b) End to end vs bare forwards: {b['videos']} videos, "
-                  f"{b['video_s']:.0f} s, {b['frames_2d']} frames, {b['clips_3d']} clips", "",
+                  f"{b['video_s']:.0f} s ({b.get('sizes', '640x360 and 480x360 alternately')}), "
+                  f"{b['frames_2d']} frames, {b['clips_3d']} clips", "",
                   "| | s |", "|---|---|",
                   f"| bare ResNet-152 forwards | {bf['resnet152_s']:.2f} |",
                   f"| bare ResNeXt-101 forwards | {bf['resnext101_s']:.2f} |",
@@ -363,10 +495,41 @@ def markdown(r: dict) -> str:
                          f"{x['min_cosine']:.5f} |")
         lines += ["", "Deviations are on L2-normalised float32 rows (unit vectors). Off by "
                       "default (`extract.precision: float32`); recorded in the recipe when on.", ""]
-    if r.get("reference_context"):
-        lines += ["## Context: the reference extractor (issue 4, measured on 2 cores)", "",
-                  r["reference_context"], ""]
+    if r.get("reference"):
+        lines += reference_markdown(r["reference"])
     return "\n".join(lines)
+
+
+def reference_markdown(f: dict) -> list[str]:
+    o, ref, bf = f["ours_process"], f["reference_processes"], f["bare_forward"]
+    d = f["features_max_abs_diff"]
+    lines = [f"## (f) Whole processes against the reference recipe: one {f['video_s']:.0f} s "
+             f"{f['size']} video", "",
+             "Every figure in this section is for that one video (H.264 30 fps + AAC), measured "
+             f"in this run on {f['threads']} torch threads. Our batches: {f['batches'][0]} frames "
+             f"(2D) and {f['batches'][1]} clips (3D); the reference's: 64 and 64.", "",
+             "| | wall s | peak RSS MiB |", "|---|---|---|",
+             f"| ours: `python -m stages.extract` (whole process: start-up, checks, dask, "
+             f"model load, extraction, store) | {o['wall_s']:.1f} | {o['peak_rss_mib']:.0f} |",
+             f"| ours: the extraction alone (`run_shard`, models loaded) | {f['ours_warm_s']:.1f} | |",
+             f"| reference: 2D process (ffmpeg 1 fps pass, ResNet-152) | "
+             f"{ref['2d']['wall_s']:.1f} | {ref['2d']['peak_rss_mib']:.0f} |",
+             f"| reference: 3D process (ffmpeg 24 fps pass, ResNeXt-101) | "
+             f"{ref['3d']['wall_s']:.1f} | {ref['3d']['peak_rss_mib']:.0f} |",
+             f"| reference: audio process (ffmpeg 16 kHz pass, log-Mel) | "
+             f"{ref['audio']['wall_s']:.1f} | {ref['audio']['peak_rss_mib']:.0f} |",
+             f"| reference: the three processes | {f['reference_total_s']:.1f} | |",
+             f"| bare float32 forwards (the floor): ResNet-152 {bf['resnet152_s']:.1f} s + "
+             f"ResNeXt-101 {bf['resnext101_s']:.1f} s | {bf['total_s']:.1f} | |", "",
+             f"- reference / ours, whole processes = **{f['reference_over_ours']:.2f}x**",
+             f"- ours, whole process / floor = **{f['ours_over_floor']:.3f}**; the extraction "
+             f"alone / floor = **{f['warm_over_floor']:.3f}** (target <= 1.1): "
+             f"{'met' if f['warm_over_floor'] <= 1.1 else 'NOT met'}",
+             "- equal numbers: largest |ours - reference| over the stored float16 rows: "
+             + ", ".join(f"{k} {x['max_abs_diff']:.1e}" if x["max_abs_diff"] is not None
+                         else f"{k} shapes differ ({x['shape_ours']} vs {x['shape_reference']})"
+                         for k, x in d.items()), ""]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -379,7 +542,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rss-short-s", type=float, default=60.0)
     ap.add_argument("--rss-long-s", type=float, default=600.0)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", default="a,b,c,e", help="parts to run, comma-separated")
+    ap.add_argument("--ref-s", type=float, default=120.0,
+                    help="seconds of the 640x360 video of part (f)")
+    ap.add_argument("--only", default="a,b,c,e,f", help="parts to run, comma-separated")
     ap.add_argument("--media", type=Path, default=Path(tempfile.gettempdir()) / "avl-bench-media")
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     ap.add_argument("--rss-out", help=argparse.SUPPRESS)
@@ -394,10 +559,7 @@ def main(argv: list[str] | None = None) -> int:
          f"CPU ({os.cpu_count()} cores)",
          "machine": f"{os.cpu_count()} CPUs, Python {platform.python_version()}, torch "
                     f"{torch.__version__}", "argv": argv if argv is not None else sys.argv[1:],
-         "reference_context": "On a 120 s 640x360 video with float32: 2D run 75 s and 3D run "
-                              "64 s wall, peak RSS 2.6 GB and 3.6 GB (the whole 24 fps video in "
-                              "memory), against bare forwards of 54 s (41 s channels-last) and "
-                              "43 s."}
+         }
     with tempfile.TemporaryDirectory(prefix="avl-bench-") as tmp:
         tmp = Path(tmp)
         if "a" in parts:
@@ -418,12 +580,16 @@ def main(argv: list[str] | None = None) -> int:
                                  make_video(args.media / f"rss-{args.rss_long_s:g}.mp4",
                                             args.rss_long_s), args.device, tmp)
             print(json.dumps(r["rss"], indent=1), flush=True)
+        if "f" in parts:
+            r["reference"] = bench_reference(make_video(args.media / f"ref-{args.ref_s:g}.mp4",
+                                                        args.ref_s), tmp)
+            print(json.dumps(r["reference"], indent=1), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "extract" + (f"-{args.tag}" if args.tag else "")
     previous = RESULTS / f"{name}.json"
     if previous.is_file():   # --only re-measures some parts: keep the others, with their date
         old = json.loads(previous.read_text())
-        for key in ("decode", "end_to_end", "rss", "precision"):
+        for key in ("decode", "end_to_end", "rss", "precision", "reference"):
             if key not in r and key in old:
                 r[key] = old[key]
                 r.setdefault("kept_from", {})[key] = old.get("kept_from", {}).get(key,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import socket
 import time
 from typing import Any, Callable, Iterator
@@ -77,15 +78,62 @@ def connect(p: ClusterParams, timeout_s: float = 30.0,
         with client:
             yield client
         return
-    config = ({} if allowed_failures is None
-              else {"distributed.scheduler.allowed-failures": allowed_failures})
-    with dask.config.set(config), \
+    # dask's statistical profiler samples every worker thread's stack every 10 ms: it cost
+    # extraction's CPU forwards ~20 % (a 120 s video: 100 s whole run against 80 s without);
+    # workers started by hand take DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False
+    config = {"distributed.worker.profile.enabled": False}
+    if allowed_failures is not None:
+        config["distributed.scheduler.allowed-failures"] = allowed_failures
+    with dask.config.set(config), _own_environ(), \
             LocalCluster(n_workers=p.workers, threads_per_worker=p.threads_per_worker,
                          processes=p.processes, dashboard_address=":0",  # any free port
                          silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
         log.info("dask LocalCluster: %d workers x %d threads (dashboard %s)", p.workers,
                  p.threads_per_worker, client.dashboard_link)
         yield client
+
+
+@contextlib.contextmanager
+def _own_environ() -> Iterator[None]:
+    """Gives this process its environment back when the LocalCluster closes. A dask nanny
+    os.environ.update()s its `pre-spawn-environ` (OMP_NUM_THREADS=1, MALLOC_TRIM_THRESHOLD_,
+    ...) into the process that starts the workers and leaves it there, so every process that
+    one starts later, a torch subprocess say, would run on one thread."""
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(before):
+            del os.environ[key]
+        os.environ.update(before)
+
+
+_MALLOPT = {"M_TRIM_THRESHOLD": (-1, 256 << 20), "M_MMAP_THRESHOLD": (-3, 32 << 20)}
+
+
+def tune_allocator() -> dict[str, bool]:
+    """Lets glibc malloc keep and reuse the large buffers of torch's CPU forwards -> which
+    settings took (all False off glibc). Call it in the process that runs the forwards.
+
+    A dask nanny starts its workers with MALLOC_TRIM_THRESHOLD_=65536 (dask's
+    `distributed.nanny.pre-spawn-environ`, to hand freed memory back to the OS). Setting that
+    variable at all also freezes glibc's mmap threshold at 128 KiB, so every activation buffer
+    of a forward is a fresh mmap, zero-filled page by page and unmapped again: measured on
+    2 cores, ResNet forwards in such a worker took 1.85x as long as in a plain process, and a
+    whole extraction 1.57x. Raising both thresholds (mmap to glibc's 32 MiB maximum, trim to
+    256 MiB) undoes it, in workers we start and in ones a user started with `dask worker`
+    alike; memory then stays at its working-set peak instead of being returned between
+    batches (benchmarks/results/extract.md)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):   # not glibc (macOS, musl): nothing to undo
+        return {k: False for k in _MALLOPT}
+    return {k: bool(mallopt(code, value)) for k, (code, value) in _MALLOPT.items()}
 
 
 def follow(futures: list, events: collections.deque, handle: Callable[[dict], None],

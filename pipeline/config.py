@@ -421,10 +421,11 @@ class ExtractParams:
     dtype: Literal["float16", "float32"] = param("float16", "stored dtype of the features "
                                                             "(reference: float16)")
     l2_normalize: bool = param(True, "L2-normalise every 2D/3D row, eps 1e-12 (reference: yes)")
-    batch_2d: int = param(32, "1 fps frames per ResNet-152 forward, across videos", ge=1,
+    batch_2d: int = param(0, "1 fps frames per ResNet-152 forward, across videos; 0 = auto "
+                             "(8 on CPU, where small batches stay in cache, 32 on a GPU)", ge=0,
                           le=4096)
-    batch_3d: int = param(8, "16-frame clips per ResNeXt-101 forward, across videos", ge=1,
-                          le=1024)
+    batch_3d: int = param(0, "16-frame clips per ResNeXt-101 forward, across videos; 0 = auto "
+                             "(4 on CPU, 8 on a GPU)", ge=0, le=1024)
     decoders: int = param(0, "videos decoded concurrently per worker (one ffmpeg each) ahead of "
                              "inference; 0 = auto (1 on CPU, 6 on a GPU)", ge=0, le=64)
     device: Literal["auto", "cpu", "cuda"] = param("auto", "auto: CUDA when present (one worker "

@@ -68,10 +68,15 @@ def test_resnext_forward_shape():
 def test_resnet152_matches_torchvision_and_shape():
     torch.manual_seed(0)
     tv = torchvision.models.resnet152(weights=None).eval()
+    torch.manual_seed(0)
     ours = ResNet152Features()
     assert not ours.training
     assert [(k, v.shape) for k, v in ours.state_dict().items()] == \
            [(k, v.shape) for k, v in tv.state_dict().items()]
+    # same construction and initialisation order: a seed gives torchvision's random weights
+    # (the demo's seeded backbones stay what they were when this subclassed torchvision's)
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(),
+                                                 tv.state_dict().values()))
     load_resnet_state(ours, tv.state_dict())
     tv.fc = torch.nn.Identity()   # torchvision's avgpool + flatten = our mean over H, W
     x = torch.randn(1, 3, 224, 298)

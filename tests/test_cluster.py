@@ -43,3 +43,26 @@ def test_download_joins_an_existing_cluster(tmp_path):
                                         .variables if k.startswith("avl-download-")])
     rows = read_availability(tmp_path / "availability.parquet").to_pylist()
     assert [r["status"] for r in rows] == ["available", "available"]
+
+
+def test_local_workers_run_without_the_profiler_and_can_tune_malloc():
+    """Our LocalCluster's workers have dask's 10 ms stack sampler off, and an extraction task
+    can undo the nanny's MALLOC_TRIM_THRESHOLD_ (both slowed CPU forwards, features.md)."""
+    import os
+
+    import dask
+
+    from pipeline.cluster import tune_allocator
+
+    def inside() -> tuple:
+        return (dask.config.get("distributed.worker.profile.enabled"),
+                os.environ.get("MALLOC_TRIM_THRESHOLD_"), tune_allocator())
+
+    before = dict(os.environ)
+    with connect(ClusterParams(workers=1, threads_per_worker=1)) as client:
+        (profile, trim, took), = client.run(inside).values()
+    assert profile is False
+    # the nanny's OMP_NUM_THREADS=1 etc. do not stay in this process's environment
+    assert dict(os.environ) == before
+    if trim is not None:        # dask's nanny sets it; whatever it is, mallopt takes over
+        assert all(took.values()), took

@@ -47,7 +47,7 @@ from tqdm import tqdm
 from models.resnet2d import MEAN as RGB_MEAN
 from models.resnet2d import STD as RGB_STD
 from pipeline.features import decode as dec
-from pipeline.cluster import connect, follow
+from pipeline.cluster import connect, follow, tune_allocator
 from pipeline.config import ClusterParams, ExtractParams, to_dict
 from pipeline.download.ledger import AVAILABLE, media_dirs
 from pipeline.features.logmel import RECIPE as LOGMEL_RECIPE
@@ -83,9 +83,15 @@ class ExtractError(UserError):
 
 
 def _versions() -> dict[str, str]:
+    import importlib.metadata
+
     import h5py
-    import torchaudio
-    import torchvision
+
+    def version(dist: str) -> str:   # without importing it: torchaudio alone takes ~1 s
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
     try:
         ff = subprocess.run([dec.FFMPEG, "-version"], capture_output=True, text=True,
                             timeout=30).stdout.splitlines()[0]
@@ -95,8 +101,8 @@ def _versions() -> dict[str, str]:
     code = hashlib.sha256()
     for rel in CODE_FILES:
         code.update((root / rel).read_bytes())
-    return {"ffmpeg": ff, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "torchaudio": torchaudio.__version__, "h5py": h5py.__version__,
+    return {"ffmpeg": ff, "torch": torch.__version__, "torchvision": version("torchvision"),
+            "torchaudio": version("torchaudio"), "h5py": h5py.__version__,
             "pyarrow": pa.__version__, "numpy": np.__version__,
             "code_sha256": code.hexdigest()}
 
@@ -194,10 +200,11 @@ class Models:
 
     def __init__(self, p: ExtractParams, weights: tuple[str, str], device: torch.device):
         self.p, self.device = p, device
+        # check_weights hashed and loaded these files in the driver just before: no hashing
         self.resnet, _ = load_backbone("resnet152", weights[0], weights_dir=p.weights_dir,
-                                       download=False, device=device)
+                                       download=False, checked=True, device=device)
         self.resnext, _ = load_backbone("resnext101", weights[1], weights_dir=p.weights_dir,
-                                        download=False, device=device)
+                                        download=False, checked=True, device=device)
         if p.channels_last:
             self.resnet = self.resnet.to(memory_format=torch.channels_last)
             self.resnext = self.resnext.to(memory_format=torch.channels_last_3d)
@@ -279,8 +286,17 @@ def get_models(job: ShardJob) -> Models:
             _MODELS.clear()                   # one set of models per process at a time
             if device.type == "cpu":
                 torch.set_num_threads(job.threads or os.cpu_count() or 1)
+            tune_allocator()    # a dask worker's malloc settings cost 1.6x on the CPU
             _MODELS[key] = Models(job.params, job.weights, device)
         return _MODELS[key]
+
+
+def batch_sizes(p: ExtractParams, device_type: str) -> tuple[int, int]:
+    """(2D frames, 3D clips) per forward: extract.batch_2d / batch_3d, where 0 = auto. On the
+    CPU, batches of 8 frames and 4 clips ran ~10 % faster than 32 and 8 (measured at 640x360 on
+    2 threads, benchmarks/results/extract.md); a GPU wants larger ones."""
+    cuda = device_type == "cuda"
+    return p.batch_2d or (32 if cuda else 8), p.batch_3d or (8 if cuda else 4)
 
 
 @dataclass
@@ -433,8 +449,9 @@ def run_shard(job: ShardJob, emit: Callable[[dict], None] | None = None) -> dict
     stop, lock = threading.Event(), threading.Lock()
     threads = [threading.Thread(target=_decoder, args=(todo, lock, q, stop), daemon=True,
                                 name=f"extract-decoder-{i}") for i in range(min(n_dec, len(todo)))]
-    b2d = _Batches(p.batch_2d, models.forward_2d, "rows2d")
-    b3d = _Batches(p.batch_3d, models.forward_3d, "rows3d")
+    size_2d, size_3d = batch_sizes(p, models.device.type)
+    b2d = _Batches(size_2d, models.forward_2d, "rows2d")
+    b3d = _Batches(size_3d, models.forward_3d, "rows3d")
     waiting: list[_Video] = []                 # decoded, rows still in a batch
     counts: collections.Counter = collections.Counter()
     out = Path(job.out_dir)
