@@ -432,6 +432,22 @@ def bench_reference(video: Path, tmp: Path) -> dict:
 # --------------------------------------------------------------------------- report
 
 
+def bench_logmel(seconds: float, repeats: int, end_to_end: dict | None) -> dict:
+    """The log-Mel spectrogram (float64 STFT and Mel basis since issue 16) of `seconds` of
+    16 kHz noise: its time per video-second, and its share of the extraction's per-second cost
+    in part (b) when that is at hand."""
+    from pipeline.features.logmel import logmel
+    wave = np.random.default_rng(0).standard_normal(int(16000 * seconds)).astype(np.float32)
+    logmel(wave[:16000])                                     # first-call set-up out of it
+    median, runs = _median_time(lambda: logmel(wave), repeats)
+    out = {"audio_s": seconds, "median_s": median, "runs_s": runs,
+           "s_per_video_hour": median / seconds * 3600}
+    if end_to_end:
+        per_s = end_to_end["end_to_end"]["hdf5"]["wall_s"] / end_to_end["video_s"]
+        out["share_of_extraction"] = median / seconds / per_s
+    return out
+
+
 def markdown(r: dict) -> str:
     a, b, c, e = r.get("decode"), r.get("end_to_end"), r.get("rss"), r.get("precision")
     lines = [f"# Feature extraction benchmark ({r['device']})", "",
@@ -497,6 +513,17 @@ def markdown(r: dict) -> str:
                       "default (`extract.precision: float32`); recorded in the recipe when on.", ""]
     if r.get("reference"):
         lines += reference_markdown(r["reference"])
+    if r.get("logmel"):
+        g = r["logmel"]
+        lines += [f"## (g) Log-Mel spectrogram (float64 STFT and Mel basis): {g['audio_s']:.0f} s "
+                  "of 16 kHz audio", "",
+                  f"- median {g['median_s']:.3f} s (runs "
+                  f"{', '.join(f'{x:.3f}' for x in g['runs_s'])}): "
+                  f"{g['s_per_video_hour']:.1f} s per hour of audio"]
+        if "share_of_extraction" in g:
+            lines.append(f"- share of the extraction's time per video-second in (b): "
+                         f"**{100 * g['share_of_extraction']:.2f} %**")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -544,7 +571,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ref-s", type=float, default=120.0,
                     help="seconds of the 640x360 video of part (f)")
-    ap.add_argument("--only", default="a,b,c,e,f", help="parts to run, comma-separated")
+    ap.add_argument("--logmel-s", type=float, default=600.0,
+                    help="seconds of audio of part (g)")
+    ap.add_argument("--only", default="a,b,c,e,f,g", help="parts to run, comma-separated")
     ap.add_argument("--media", type=Path, default=Path(tempfile.gettempdir()) / "avl-bench-media")
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     ap.add_argument("--rss-out", help=argparse.SUPPRESS)
@@ -584,12 +613,18 @@ def main(argv: list[str] | None = None) -> int:
             r["reference"] = bench_reference(make_video(args.media / f"ref-{args.ref_s:g}.mp4",
                                                         args.ref_s), tmp)
             print(json.dumps(r["reference"], indent=1), flush=True)
+    if "g" in parts:
+        before = RESULTS / ("extract" + (f"-{args.tag}" if args.tag else "") + ".json")
+        e2e_numbers = r.get("end_to_end") or (json.loads(before.read_text()).get("end_to_end")
+                                              if before.is_file() else None)
+        r["logmel"] = bench_logmel(args.logmel_s, args.repeats, e2e_numbers)
+        print(json.dumps(r["logmel"], indent=1), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "extract" + (f"-{args.tag}" if args.tag else "")
     previous = RESULTS / f"{name}.json"
     if previous.is_file():   # --only re-measures some parts: keep the others, with their date
         old = json.loads(previous.read_text())
-        for key in ("decode", "end_to_end", "rss", "precision", "reference"):
+        for key in ("decode", "end_to_end", "rss", "precision", "reference", "logmel"):
             if key not in r and key in old:
                 r[key] = old[key]
                 r.setdefault("kept_from", {})[key] = old.get("kept_from", {}).get(key,
