@@ -277,15 +277,20 @@ def plan(videos: pa.Table, current: pa.Table, p: DownloadParams, recheck: bool,
     check (and a re-fetch when their URL changed); unavailable / needs_auth only on re-check
     (needs_auth also when cookies are set) or when their URL changed. `fetched_from`: video ->
     the URL of its latest attempt (ledger.latest_urls)."""
-    by_id = {r["video_id"]: r for r in current.to_pylist()}
+    # the columns read below as lists, not a dict per row (issue 16: 19 s and GBs at 1.24 M
+    # videos)
+    col = {c: current.column(c).to_pylist() for c in ("video_id", "status", "path",
+                                                      "filesize", "sha256")
+           if c in current.column_names}
+    at = {vid: i for i, vid in enumerate(col["video_id"])}
     fetched_from = fetched_from or {}
     todo = []
-    for v in sorted(videos.select(["video_id", "url"]).to_pylist(), key=lambda r: r["video_id"]):
-        vid, url = v["video_id"], v["url"]
-        row = by_id.get(vid)
-        status = row["status"] if row else PENDING
+    for vid, url in sorted(zip(videos.column("video_id").to_pylist(),
+                               videos.column("url").to_pylist()), key=lambda r: r[0]):
+        i = at.get(vid)
+        status = col["status"][i] if i is not None else PENDING
         if status == AVAILABLE:  # only what the file check needs travels to the workers
-            todo.append((vid, url, {**{k: row[k] for k in ("path", "filesize", "sha256")},
+            todo.append((vid, url, {**{k: col[k][i] for k in ("path", "filesize", "sha256")},
                                     "url": fetched_from.get(vid, url)}))
         elif (status in (PENDING, TRANSIENT) or recheck or fetched_from.get(vid, url) != url
               or (status == NEEDS_AUTH and p.cookiefile)):
@@ -344,10 +349,12 @@ def _download(dataset, videos, p, cluster, videos_dir, ledger_dir, availability_
     sealed = seal_leftovers(ledger_dir)
     if sealed:
         log.info("sealed %d journal(s) left by an interrupted run", sealed)
+        del attempts   # one attempts table at a time (issue 16: 1.3 M rows at HowTo100M size)
         attempts = read_attempts(ledger_dir, root, _media_dirs(videos_dir, p))
     current = current_status(videos, attempts)
     selected = _select(dataset, videos, p)
     todo = plan(selected, current, p, recheck, latest_urls(attempts))
+    del attempts
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     n_new = len(_fetches(todo))
     videos_dir.mkdir(parents=True, exist_ok=True)
@@ -380,6 +387,7 @@ def _download(dataset, videos, p, cluster, videos_dir, ledger_dir, availability_
                        outcomes=dict(sorted(outcomes.items())),
                        transient=outcomes.get(TRANSIENT, 0) + outcomes.get(PENDING, 0),
                        attempted=sum(outcomes.values()), retry_reasons=dict(sorted(retry.items())))
+    del current
     seal_leftovers(ledger_dir)
     final = current_status(videos, read_attempts(ledger_dir, root, _media_dirs(videos_dir, p)))
     write_availability(final, availability_path, {"max_videos": p.max_videos,
@@ -475,8 +483,11 @@ def _run(dataset, todo, p, cluster, videos_dir, ledger_dir, root, run_id, extrac
         set_state({})
         # 4 shards per thread keep every thread busy to the end; >= 8 videos amortise a shard
         size = max(1, min(p.shard_size, max(8, math.ceil(len(todo) / (4 * slots)))))
-        jobs = [ShardJob(run_id, i, tuple(todo[s:s + size]), p, str(videos_dir),
-                         str(ledger_dir), str(root), name, pace, tuple(extractors))
+        # absolute paths: a worker started elsewhere (another machine, another folder) writes
+        # into this project's folders on the shared file system, not under its own cwd
+        jobs = [ShardJob(run_id, i, tuple(todo[s:s + size]), p, str(Path(videos_dir).absolute()),
+                         str(Path(ledger_dir).absolute()), str(Path(root).absolute()), name, pace,
+                         tuple(extractors))
                 for i, s in enumerate(range(0, len(todo), size))]
         log.info("%s: %d shards of up to %d videos on %d worker threads%s", dataset, len(jobs),
                  size, slots, f", paced to {p.max_videos_per_hour:g} videos/h"

@@ -55,11 +55,12 @@ from pipeline.features.logmel import logmel
 from pipeline.data.manifest import write_json_atomic
 from pipeline.media import MediaAccessError, ProbeError
 from pipeline.safety import (DiskSpaceError, UserError, check_free_space, check_safe_id,
-                             free_bytes, move_aside, resolve_inside, writer_lock)
+                             free_bytes, inside_checker, move_aside, writer_lock)
 from pipeline.features.store import (AV_MISMATCH, FAILED, OK, STATUSES, ShardWriter, VideoRecord,
                             file_sha256, recipe_sha256, scan, shard_name, shard_number, sum_path,
                             write_index, write_sum)
-from pipeline.features.weights import BACKBONES, CLIP_MEAN, load_backbone, resolve_weights
+from pipeline.features.weights import (BACKBONES, CLIP_MEAN, OFFICIAL, load_backbone,
+                                       resolve_weights)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ MISSING = "media file missing"
 UNREADABLE = "media file unreadable"   # permissions, I/O, a special file: retried once readable
 STORE_BYTES_PER_S = 19.5e3     # store bytes per second of video (float16: 2D + 3D + log-Mel)
 HEADROOM = 1 << 20             # bytes kept free beyond each write's own size (HDF5 metadata)
+# the availability ledger's columns extraction reads
+LEDGER_COLUMNS = ("video_id", "status", "reason", "path", "sha256", "duration_s")
 CODE_FILES = ("pipeline/features/decode.py", "pipeline/features/logmel.py", "pipeline/features/extract.py",
               "models/resnet2d.py", "models/resnext3d.py")
 
@@ -619,13 +622,14 @@ def check_ledger(availability: pa.Table, root: Path, videos_dir: Path | None,
     defence for callers that pass a table. Special files are refused where they are opened
     (media.check_regular: the video's status says so)."""
     rows: dict[str, dict] = {}
-    allowed = media_dirs(videos_dir if videos_dir is not None else Path("."))
+    inside = inside_checker(root, media_dirs(videos_dir if videos_dir is not None
+                                             else Path(".")))
     for i, r in enumerate(availability.to_pylist()):
         vid = check_safe_id(r.get("video_id"), f"{where}, row {i}, field 'video_id'")
         if vid in rows:
             raise ExtractError(f"{where}, row {i}: video_id {vid!r} listed twice")
         if r.get("status") == AVAILABLE and r.get("path") is not None:
-            resolve_inside(root, r["path"], allowed, f"{where}, row {i} ({vid}), field 'path'")
+            inside(r["path"], f"{where}, row {i} ({vid}), field 'path'")
         rows[vid] = r
     return rows
 
@@ -645,6 +649,9 @@ def extract(dataset: str, availability: pa.Table, out_dir: Path, p: ExtractParam
     store), StoreError (a finished shard cannot be read now), DiskSpaceError, UnsafeInputError.
     Nothing in the store is changed before all of these checks have passed."""
     out_dir, root = Path(out_dir), Path(root)
+    # only the columns extraction reads (issue 16: whole rows took GBs at 1.24 M videos)
+    availability = availability.select([c for c in LEDGER_COLUMNS
+                                        if c in availability.column_names])
     ledger = check_ledger(availability, root, videos_dir, where)
     available = [v for v, r in ledger.items() if r["status"] == AVAILABLE and r.get("path")]
     if not available and not p.allow_empty:
@@ -736,6 +743,8 @@ def _extract_locked(dataset, ledger, out_dir, p, cluster, root, recipe, weights,
         counts = _run(dataset, jobs_plan, p, cluster, out_dir, recipe, weights, total_s,
                       on_event)
 
+    # the first scan's rows go before the second's come (issue 16: both at once took GBs)
+    del found, shards, stale, done
     final = scan(out_dir, "size")        # this run's shards, and the ones checked above
     for path, why in final.bad:
         log.warning("%s (left for the next run to move aside)", why)
@@ -818,7 +827,13 @@ def _run(dataset, jobs_plan, p, cluster, out_dir, recipe, weights, total_s, on_e
     threads = pinned or (0 if cluster.scheduler_address
                          else max(1, (os.cpu_count() or 1) // n_workers))
     topic = f"avl-extract-{uuid.uuid4().hex[:8]}"
-    jobs = [ShardJob(n, videos, p, weights, recipe, str(out_dir), topic, threads)
+    # absolute paths (store, weights): a worker started in another folder, or on another
+    # machine of the shared file system, reads and writes this project's files
+    jp = dataclasses.replace(p, weights_dir=str(Path(p.weights_dir).expanduser().absolute()))
+    names = {n for _, n in OFFICIAL}
+    jw = tuple(w if w in names or w == "random" or w.startswith("random:")
+               else str(Path(w).expanduser().absolute()) for w in weights)
+    jobs = [ShardJob(n, videos, jp, jw, recipe, str(Path(out_dir).absolute()), topic, threads)
             for n, videos in jobs_plan]
     n_videos = sum(len(v) for _, v in jobs_plan)
     shown: collections.Counter = collections.Counter()
