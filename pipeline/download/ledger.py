@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.data.manifest import write_parquet_atomic
-from pipeline.safety import UnsafeInputError, UserError, check_safe_id, resolve_inside
+from pipeline.safety import UnsafeInputError, UserError, check_safe_id, inside_checker
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,11 @@ def _set_aside_hint(path: Path) -> str:
 def read_journal(path: Path) -> list[dict]:
     """Complete rows of a journal; a torn (half-written) last line is skipped. A complete line
     that is not an attempt row (corrupt, edited) raises LedgerError naming file and line."""
-    rows = []
+    return list(_journal_rows(path))
+
+
+def _journal_rows(path: Path) -> Iterator[dict]:
+    """read_journal's rows one at a time (same checks, same order)."""
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
             if not line.endswith(b"\n"):
@@ -157,8 +161,7 @@ def read_journal(path: Path) -> list[dict]:
             if missing:
                 raise LedgerError(f"{path}, line {n}: not an attempt row (missing {missing}); "
                                   f"{_set_aside_hint(path)}")
-            rows.append(row)
-    return rows
+            yield row
 
 
 def attempts_table(rows: Iterable[dict]) -> pa.Table:
@@ -178,19 +181,54 @@ def seal_journal(path: Path) -> Path:
 
     Idempotent: if the parquet exists already (a crash between rename and unlink, or a shard
     task re-run after its first run sealed), the rows it lacks are merged into it by
-    attempt_id, so no attempt is lost or counted twice."""
+    attempt_id, so no attempt is lost or counted twice. Rows are converted SEAL_BATCH at a
+    time, so a journal's rows never all live as dicts at once (issue 16: one of 1.24 M rows
+    took 5.4 GB)."""
     out = path.with_suffix(".parquet")
-    rows = read_journal(path)
+    parts: list[pa.Table | list[dict]] = []
+    batch: list[dict] = []
+    for row in _journal_rows(path):
+        batch.append(row)
+        if len(batch) == SEAL_BATCH:
+            parts.append(_converted(batch))
+            batch = []
+    if batch:
+        parts.append(_converted(batch))
+    # one chunk per column, as one conversion of all rows made: the same parquet bytes
     if out.exists():
         sealed = _read_sealed(out)
-        have = set(sealed.column("attempt_id").to_pylist())
-        new = [r for r in rows if r["attempt_id"] not in have]
+        new = [t for t in (_unseen(x, sealed, path) for x in parts) if t.num_rows]
         if new:
-            write_parquet_atomic(pa.concat_tables([sealed, _journal_table(new, path)]), out)
-    elif rows:
-        write_parquet_atomic(_journal_table(rows, path), out)
+            write_parquet_atomic(pa.concat_tables(
+                [sealed, pa.concat_tables(new).combine_chunks()]), out)
+    elif parts:
+        write_parquet_atomic(pa.concat_tables([x if isinstance(x, pa.Table)
+                                               else _journal_table(x, path) for x in parts])
+                             .combine_chunks(), out)
     path.unlink()
     return out
+
+
+SEAL_BATCH = 50_000   # journal rows converted to Arrow at a time when sealing
+
+
+def _converted(rows: list[dict]) -> pa.Table | list[dict]:
+    """rows as an attempts table; the rows themselves when they do not convert (the error is
+    raised where the original whole-journal conversion raised it: for rows not sealed yet)."""
+    try:
+        return attempts_table(rows)
+    except (pa.ArrowException, ValueError, TypeError):
+        return rows
+
+
+def _unseen(part: pa.Table | list[dict], sealed: pa.Table, path: Path) -> pa.Table:
+    """The rows of `part` whose attempt_id `sealed` lacks, as an attempts table."""
+    import pyarrow.compute as pc
+    if isinstance(part, pa.Table):
+        known = pc.is_in(part.column("attempt_id"), value_set=sealed.column("attempt_id"))
+        return part.filter(pc.invert(known))
+    have = set(sealed.column("attempt_id").to_pylist())
+    return _journal_table([r for r in part if r["attempt_id"] not in have], path)
 
 
 def _read_sealed(path: Path) -> pa.Table:
@@ -238,27 +276,44 @@ def read_attempts(ledger_dir: Path, root: Path | None = None,
     Every file is checked before its rows are used: readable, required fields present, known
     statuses, path-safe video ids and, with `root` and `videos_dir`, media paths inside
     videos_dir. LedgerError / UnsafeInputError name the file and row otherwise."""
-    tables, seen = [], set()
+    tables = []
+    inside = _inside_check(root, videos_dir)   # one for all files: it caches folders
     for p in iter_attempt_files(ledger_dir):
         t = _read_sealed(p) if p.suffix == ".parquet" else _journal_table(read_journal(p), p)
-        _check_attempts(t, p, root, videos_dir)
-        keep = [i for i, a in enumerate(t.column("attempt_id").to_pylist()) if a not in seen]
-        seen.update(t.column("attempt_id").to_pylist())
-        tables.append(t.take(pa.array(keep, pa.int64())) if len(keep) != t.num_rows else t)
+        _check_attempts(t, p, root, videos_dir, inside)
+        tables.append(t)
     if not tables:
         return ATTEMPT_SCHEMA.empty_table()
-    t = pa.concat_tables(tables)
+    t = _first_file_only(tables)
     return t.sort_by([("video_id", "ascending"), ("finished_at", "ascending"),
                       ("attempt_id", "ascending")])
 
 
-def _check_attempts(t: pa.Table, path: Path, root: Path | None, videos_dir: Path | None) -> None:
+def _first_file_only(tables: list[pa.Table]) -> pa.Table:
+    """The tables' rows, each attempt_id kept from the first table that has it (a journal
+    replayed into a file sealed already repeats rows); one table may repeat an id.
+
+    In Arrow (issue 16: a Python set of 1.3 M ids, built beside each file's rows, held GBs)."""
+    import numpy as np
+    import pyarrow.compute as pc
+    t = pa.concat_tables(tables)
+    ids = t.column("attempt_id")
+    if pc.count_distinct(ids).as_py() == t.num_rows:
+        return t
+    first = pc.index_in(ids, value_set=pa.concat_arrays(ids.chunks)).to_numpy()  # 1st row
+    table_of = np.repeat(np.arange(len(tables)), [x.num_rows for x in tables])
+    return t.filter(pa.array(table_of[first] == table_of))
+
+
+def _check_attempts(t: pa.Table, path: Path, root: Path | None, videos_dir: Path | None,
+                    inside=False) -> None:
     for name in REQUIRED:
         if t.column(name).null_count:
             row = t.column(name).to_pylist().index(None)
             raise LedgerError(f"{path}, row {row}: field {name!r} is empty; "
                               f"{_set_aside_hint(path)}")
-    inside = _inside_check(root, videos_dir)
+    if inside is False:
+        inside = _inside_check(root, videos_dir)
     for i, (vid, status, rel) in enumerate(zip(t.column("video_id").to_pylist(),
                                                t.column("status").to_pylist(),
                                                t.column("path").to_pylist())):
@@ -282,15 +337,32 @@ def _inside_check(root: Path | None, videos_dir: Path | None):
     if root is None or videos_dir is None:
         return None
     bases = [(Path(root) / d).resolve() for d in media_dirs(videos_dir)]
-    root = Path(os.path.abspath(root))
+    root = os.path.abspath(root)
+    absolute_ok = any(os.path.isabs(d) for d in media_dirs(videos_dir))
+    # the parents of a file are its folder and the folder's parents, and media share a few
+    # thousand folders: the answer is cached per folder as written in `rel` (issue 16: a Path
+    # per row took most of read_attempts' 77 s at 1.24 M videos)
+    heads: dict[str, bool] = {}
+
+    def folder_inside(folder: str) -> bool:
+        p = Path(folder)
+        return any(b == p or b in p.parents for b in bases)
 
     def inside(rel: object) -> bool:
         if not isinstance(rel, str) or not rel or "\0" in rel:
             return False
-        if os.path.isabs(rel) and not any(os.path.isabs(d) for d in media_dirs(videos_dir)):
+        if os.path.isabs(rel) and not absolute_ok:
             return False
-        parents = Path(os.path.normpath(root / rel)).parents
-        return any(b in parents for b in bases)
+        head, sep, name = rel.rpartition("/")
+        if name and name not in (".", ".."):   # normpath keeps a plain last name as it is
+            ok = heads.get(head + sep)
+            if ok is None:
+                ok = heads[head + sep] = folder_inside(
+                    os.path.normpath(os.path.join(root, head + sep)))
+            return ok
+        full = os.path.normpath(os.path.join(root, rel))
+        folder = os.path.dirname(full)
+        return folder != full and folder_inside(folder)   # the root has no parents
     return inside
 
 
@@ -308,31 +380,41 @@ def latest_urls(attempts: pa.Table) -> dict[str, str]:
 
 
 def current_status(videos: pa.Table, attempts: pa.Table) -> pa.Table:
-    """One row per manifest video: its latest attempt's outcome (PENDING if never tried), the
-    attempt count and first/last timestamps. Deterministic for the same inputs."""
-    latest: dict[str, dict] = {}
-    count: dict[str, int] = {}
-    first: dict[str, datetime] = {}
-    for a in attempts.to_pylist():  # sorted by (video_id, finished_at): the last one wins
-        vid = a["video_id"]
-        latest[vid] = a
-        count[vid] = count.get(vid, 0) + 1
-        first.setdefault(vid, a["started_at"])
-    outcome = [f.name for f in _OUTCOME]
-    rows = []
-    for v in sorted(videos.select(["video_id", "url", "split"]).to_pylist(),
-                    key=lambda r: r["video_id"]):
-        a = latest.get(v["video_id"])
-        row = dict(v)
-        if a is None:
-            row.update({k: None for k in outcome}, status=PENDING, attempts=0, first_seen=None,
-                       last_checked=None)
-        else:
-            row.update({k: a[k] for k in outcome}, attempts=count[v["video_id"]],
-                       first_seen=first[v["video_id"]], last_checked=a["finished_at"])
-        rows.append(row)
-    cols = {f.name: [r[f.name] for r in rows] for f in AVAILABILITY_SCHEMA}
-    return pa.Table.from_pydict(cols, schema=AVAILABILITY_SCHEMA)
+    """One row per manifest video (sorted by video_id): its latest attempt's outcome (PENDING if
+    never tried), the attempt count and first/last timestamps. "Latest" and "first" are by row
+    order in `attempts` (read_attempts sorts by (video_id, finished_at, attempt_id)).
+    Deterministic for the same inputs.
+
+    Columnar (issue 16): a row per attempt as a dict took 58 s and most of 7 GB at 1.24 M
+    videos."""
+    import numpy as np
+    import pyarrow.compute as pc
+    v = videos.select(["video_id", "url", "split"])
+    v = v.take(pc.sort_indices(v, sort_keys=[("video_id", "ascending")]))   # stable
+    none = pa.nulls(v.num_rows, pa.int64())
+    first = last = count = none
+    if attempts.num_rows and v.num_rows:
+        groups = pa.table({"video_id": attempts.column("video_id"),
+                           "i": np.arange(attempts.num_rows, dtype=np.int64)}) \
+            .group_by("video_id", use_threads=False) \
+            .aggregate([("i", "min"), ("i", "max"), ("i", "count")])
+        at = pc.index_in(v.column("video_id"), value_set=groups.column("video_id"))
+        first, last, count = (groups.column(c).take(at) for c in ("i_min", "i_max", "i_count"))
+
+    def latest(name: str, rows=None) -> pa.ChunkedArray | pa.Array:
+        col = attempts.column(name)
+        return col.take(last if rows is None else rows) if attempts.num_rows \
+            else pa.nulls(v.num_rows, col.type)
+
+    cols = {"video_id": v.column("video_id"), "url": v.column("url"),
+            "split": v.column("split")}
+    cols.update({f.name: latest(f.name) for f in _OUTCOME})
+    cols["status"] = pc.fill_null(cols["status"], PENDING)
+    cols["attempts"] = pc.fill_null(count, 0)
+    cols["first_seen"] = latest("started_at", first)
+    cols["last_checked"] = latest("finished_at")
+    return pa.Table.from_arrays([cols[f.name].cast(f.type) for f in AVAILABILITY_SCHEMA],
+                                schema=AVAILABILITY_SCHEMA)
 
 
 def sample_videos(videos: pa.Table, max_videos: int = 0, splits=()) -> pa.Table:
@@ -408,13 +490,14 @@ def read_availability(path: Path, root: Path | None = None,
         raise LedgerError(f"{path}: columns of the wrong type ({str(e).splitlines()[0][:200]}); "
                           f"{fix}") from None
     seen = set()
+    inside = inside_checker(root, media_dirs(videos_dir)) \
+        if root is not None and videos_dir is not None else None
     for i, (vid, rel) in enumerate(zip(t.column("video_id").to_pylist(),
                                        t.column("path").to_pylist())):
         check_safe_id(vid, f"{path}, row {i}, field 'video_id'")
         if vid in seen:
             raise LedgerError(f"{path}, row {i}: video_id {vid!r} listed twice; {fix}")
         seen.add(vid)
-        if rel is not None and root is not None and videos_dir is not None:
-            resolve_inside(root, rel, media_dirs(videos_dir),
-                           f"{path}, row {i} ({vid}), field 'path'")
+        if rel is not None and inside is not None:
+            inside(rel, f"{path}, row {i} ({vid}), field 'path'")
     return t
