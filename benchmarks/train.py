@@ -7,6 +7,10 @@
     fraction of each step spent waiting for data.
 Synthetic videos of realistic length (default 60 x 5 minutes). Writes
 benchmarks/results/train.json and .md. Usage: python -m benchmarks.train [--videos 60]
+
+--paper measures instead the training throughput at the paper's scale, step by step, on the
+GPU (benchmarks/train_paper.py; results train-<device>.json|md); --make-project DIR writes a
+small synthetic project the train, finetune and evaluate stages run on (benchmarks/gpu_check.sh).
 """
 from __future__ import annotations
 
@@ -26,12 +30,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.learn.avdata import PretrainVideos, collate_videos
-from pipeline.config import ModelParams, TrainParams
+from pipeline.config import ModelParams, TrainParams, to_dict
 from pipeline.features.store import FeatureStore, ShardWriter, VideoRecord, write_index
 from pipeline.learn.train import epoch_batches, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SMALL = ModelParams(embed_dim=256, audio_widths=[32, 64, 128, 256])
+# --model: the paper's (avlnet.md: D = 4096, widths 128-1024), the demo's, one for quick tests
+MODELS = {"paper": ModelParams(), "small": SMALL,
+          "tiny": ModelParams(embed_dim=32, audio_widths=[8, 16, 16, 32])}
 
 
 def make_data(root: Path, n: int, seconds: int) -> tuple[Path, Path]:
@@ -137,18 +144,64 @@ def markdown(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--videos", type=int, default=60)
-    ap.add_argument("--seconds", type=int, default=300)
-    ap.add_argument("--n", type=int, default=8, help="videos per batch")
-    ap.add_argument("--m", type=int, default=4, help="windows per video")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--videos", type=int, help="synthetic videos (default 60; --paper: enough "
+                                               "for one epoch of warm-up + timed steps)")
+    ap.add_argument("--seconds", type=int, help="length of each video (default 300)")
+    ap.add_argument("--n", type=int, help="videos per batch (default 8; --paper 128)")
+    ap.add_argument("--m", type=int, help="windows per video (default 4; --paper 32)")
+    ap.add_argument("--workers", type=int, help="loader workers (default 2; --paper: the cores)")
     ap.add_argument("--batches", type=int, default=6, help="batches timed for the loader")
     ap.add_argument("--epochs", type=int, default=1)
+    paper = ap.add_argument_group("--paper: throughput at the paper's scale (issue 17)")
+    paper.add_argument("--paper", action="store_true",
+                       help="measure the real training loop step by step, per precision")
+    paper.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    paper.add_argument("--model", choices=tuple(MODELS), default="paper")
+    paper.add_argument("--precisions", default="float32,bf16,fp16",
+                       help="comma-separated; one the device lacks is recorded as skipped")
+    paper.add_argument("--steps", type=int, default=20, help="timed steps per precision")
+    paper.add_argument("--warmup", type=int, default=3, help="untimed steps first (loader "
+                                                            "start-up, cuDNN)")
+    paper.add_argument("--budget-s", type=float, default=60.0,
+                       help="per precision: no timed step starts after this many seconds")
+    paper.add_argument("--store", help="folder of the synthetic store: reused when it holds "
+                                       "enough videos, else written (default: a temporary one)")
+    paper.add_argument("--store-gb", type=float, default=0.0,
+                       help="write at least this many GB (to outgrow the page cache)")
+    paper.add_argument("--gen-workers", type=int, help="processes writing the store "
+                                                       "(default: the cores)")
+    paper.add_argument("--drop-caches", action="store_true",
+                       help="drop the store from the page cache before each part (drop_caches "
+                            "where permitted, else posix_fadvise); the JSON records which worked")
+    paper.add_argument("--threads", type=int, default=0,
+                       help="torch CPU threads of the training process (train.threads; 0: "
+                            "torch's default)")
+    paper.add_argument("--loader-batches", type=int, default=0,
+                       help="also time the loader alone for this many batches")
+    paper.add_argument("--tag", help="results file suffix (default: the device): train-<tag>")
+    paper.add_argument("--results", default=str(RESULTS), help="results folder (both modes)")
+    paper.add_argument("--make-project", metavar="DIR",
+                       help="write a small synthetic project (store, manifest, params.yaml) "
+                            "for the stages to DIR, and stop")
     args = ap.parse_args(argv)
+    argv = argv if argv is not None else sys.argv[1:]
+    if args.make_project:
+        from benchmarks.synthetic_store import make_project
+        params = make_project(Path(args.make_project), to_dict(MODELS[args.model]), args.device,
+                              videos=args.videos or 24, seconds=args.seconds or 30,
+                              workers=2 if args.workers is None else args.workers)
+        print(params)
+        return 0
+    if args.paper:
+        from benchmarks.train_paper import run
+        return run(args, MODELS[args.model], argv)
+    args.videos, args.seconds = args.videos or 60, args.seconds or 300
+    args.n, args.m = args.n or 8, args.m or 4
+    args.workers = 2 if args.workers is None else args.workers
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
     r = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
          "machine": f"{os.cpu_count()} CPUs, Python {platform.python_version()}, torch "
-                    f"{torch.__version__}", "argv": argv if argv is not None else sys.argv[1:],
+                    f"{torch.__version__}", "argv": argv,
          "videos": args.videos, "seconds": args.seconds, "n": args.n, "m": args.m,
          "workers": args.workers, "loader": {}, "train": {}}
     with tempfile.TemporaryDirectory(prefix="avl-train-bench-") as tmp:
@@ -162,9 +215,10 @@ def main(argv: list[str] | None = None) -> int:
             r["train"][name] = train_rate(src, tmp / f"run-{name}", args.n, args.m,
                                           args.workers, args.epochs)
             print(name, r["train"][name], flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "train.json").write_text(json.dumps(r, indent=1) + "\n")
-    (RESULTS / "train.md").write_text(markdown(r))
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "train.json").write_text(json.dumps(r, indent=1) + "\n")
+    (results / "train.md").write_text(markdown(r))
     print(markdown(r))
     return 0
 

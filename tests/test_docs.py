@@ -10,7 +10,8 @@ Nothing is run; each check parses or resolves (a few seconds in all):
   named after `repro` / `exp run` in `dvc stage list` (or a foreach group and a dataset named in
   params.yaml or in a docs example) and the keys of `-S key=value` in pipeline/config.py;
   `python -m benchmarks.<name>` options against the benchmark's argparse calls;
-  `python -m pytest` paths, test names and markers; `bash setup.sh` options. Plain shell
+  `python -m pytest` paths, test names and markers; `bash setup.sh` options; `bash
+  benchmarks/<name>.sh` (the script exists and takes no arguments). Plain shell
   (git, ls, cat, ...) is allowed as is; any other program fails until it gets a check here.
 - ```yaml blocks are params snippets: merged into params.yaml and loaded by pipeline/config.py.
 - inline `section.key` and `section.key: value` name a key of pipeline/config.py (and the
@@ -472,8 +473,16 @@ def check_dask(argv: list[str]) -> str | None:
 
 
 def check_setup(argv: list[str]) -> str | None:
+    if len(argv) > 1 and re.fullmatch(r"benchmarks/[\w-]+\.sh", argv[1]):
+        # a prepared benchmark script (benchmarks/gpu_check.sh): settings come from the
+        # environment (VAR=value prefixes), not arguments
+        if not (ROOT / argv[1]).is_file():
+            return f"{argv[1]} does not exist"
+        return f"{argv[1]} takes no arguments (settings are environment variables)" \
+            if argv[2:] else None
     if argv[1:2] != ["setup.sh"]:
-        return f"`{shlex.join(argv)}`: only `bash setup.sh` is checked"
+        return f"`{shlex.join(argv)}`: only `bash setup.sh` and `bash benchmarks/<name>.sh` " \
+               "are checked"
     known = set(re.findall(r'"(--[a-z-]+)"', (ROOT / "setup.sh").read_text()))
     bad = [a for a in argv[2:] if a not in known]
     return f"setup.sh has no option {bad[0]} (options: {', '.join(sorted(known))})" if bad \
@@ -826,6 +835,9 @@ def test_stages_reference_names_every_command_and_stage():
     (["dask", "nosuch"], "no such dask command"),
     (["dask", "scheduler", "--bogus-option"], "No such option"),
     (["bash", "setup.sh", "--gpu"], "no option"),
+    (["bash", "benchmarks/nosuch.sh"], "does not exist"),
+    (["bash", "benchmarks/gpu_check.sh", "--quick"], "takes no arguments"),
+    (["bash", "run.sh"], "only `bash setup.sh`"),
     (["rm", "-rf", "data"], "no check for this program"),
 ])
 def test_checker_catches_stale_commands(argv, expected):
@@ -838,6 +850,7 @@ def test_checker_catches_stale_commands(argv, expected):
     ["avl", "evaluate", "--dataset", "demo"], ["python", "-m", "stages.<name>", "--help"],
     ["dvc", "repro", "-s", "audit"], ["dvc", "repro", "download@youcook2"],
     ["dvc", "exp", "run", "-S", "evaluate.batch=32"], ["bash", "setup.sh", "--test"],
+    ["OUT=/tmp/x", "DEVICE=cpu", "bash", "benchmarks/gpu_check.sh"],
     ["CUDA_VISIBLE_DEVICES=0", "dask", "worker", "tcp://host:8786"],
 ])
 def test_checker_accepts_current_commands(argv):

@@ -344,7 +344,8 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
           init_from: Path | None = None, bn_frozen: bool = False,
           provenance: dict | None = None, stop_after_steps: int | None = None,
           restart_on_change: bool = False,
-          on_step: Callable[[dict], None] | None = None) -> dict:
+          on_step: Callable[[dict], None] | None = None,
+          timer: Callable[[str], None] | None = None) -> dict:
     """Trains (or resumes) the run in `run_dir`; -> summary. Writes checkpoint.pt (every
     p.checkpoint_every steps and at each epoch end), log.jsonl (one line per step: loss, lr,
     clips/s, data-wait fraction), loss.png and loss.csv (step, epoch, loss, lr: dvc plots) at
@@ -358,7 +359,9 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
     the run starts over when restart_on_change (the old run's files moved to stale/), else
     TrainError. init_from is checked (sha256, architecture) before anything is moved; the free
     space under run_dir must stay above p.min_free_gb with a checkpoint more (DiskSpaceError,
-    the last good checkpoint kept)."""
+    the last good checkpoint kept). timer: called with each phase of a step as it ends
+    ('data', 'h2d', 'forward', 'loss', 'backward', 'optimizer'; benchmarks/train.py times
+    them, synchronising the device)."""
     d = setup_distributed(p.device)
     run_dir.mkdir(parents=True, exist_ok=True)
     if d.main and not os.access(run_dir, os.W_OK):
@@ -440,6 +443,7 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
     if not n_batches:
         raise TrainError(f"{len(dataset)} items cannot fill one batch of {items_per_batch}")
     log_file = open(run_dir / "log.jsonl", "a") if d.main else None
+    mark = timer or _no_mark
     ran = 0
     bar = tqdm(total=epochs * n_batches, initial=epoch * n_batches + step_in_epoch,
                desc=run_dir.name, unit="step", disable=not d.main)
@@ -474,19 +478,25 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
             model.masked_pooling = bn_frozen
             t_wait = time.perf_counter()
             for batch in checked_batches(loader):
+                mark("data")
                 t0 = time.perf_counter()
                 wait = t0 - t_wait
                 spec, nframes, video = (batch["spec"].to(d.device, non_blocking=True),
                                         batch["nframes"].to(d.device),
                                         batch["video"].to(d.device, non_blocking=True))
+                mark("h2d")
                 with torch.autocast(d.device.type, autocast, enabled=autocast is not None):
                     a, v = net(spec, nframes, video)
+                    mark("forward")
                     a, v = _gather(a.float(), d), _gather(v.float(), d)
                     loss = loss_fn(a, v)
+                    mark("loss")
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                mark("backward")
                 scaler.step(opt)
                 scaler.update()
+                mark("optimizer")
                 step_in_epoch += 1
                 global_step += 1
                 ran += 1
@@ -532,6 +542,10 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
                            "params": to_dict(p), "bn_frozen": bn_frozen,
                            "provenance": provenance or {}, "global_step": global_step})
     return {"steps": global_step, "epochs": epochs, **last}
+
+
+def _no_mark(phase: str) -> None:
+    """train()'s timer when none is given."""
 
 
 def read_log(log_path: Path) -> list[dict[str, Any]]:
