@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -163,7 +164,7 @@ def run_download(p: dict, scratch: Path, ph: Phases) -> dict:
     seen: dict[str, int] = {}
 
     def no_fetching(dataset, todo, *_a, **_k):
-        seen.update(todo=len(todo), fetch=len(runner._fetches(todo)))
+        seen["todo"] = len(todo)
         return None, {}, {}, {}, 0
 
     ledger, out = scratch / "ledger", scratch / "availability.parquet"
@@ -219,8 +220,7 @@ def run_extract(p: dict, scratch: Path, ph: Phases) -> dict:
 
     def no_shards(dataset, jobs_plan, *_a, **_k):
         seen.update(shards=len(jobs_plan), videos=sum(len(v) for _, v in jobs_plan))
-        import collections
-        return collections.Counter()
+        return Counter()
 
     def no_disk_check(folder, floor_gb, param, need_bytes=0):
         seen["need_gb"] = need_bytes / 1e9
@@ -239,17 +239,13 @@ def run_extract(p: dict, scratch: Path, ph: Phases) -> dict:
 
 
 def window_table(ds, batches: list[list[int]]):
-    """One epoch's (video, M window starts) as PretrainVideos._item draws them (same seeded
-    generator per item, same draw_starts), without reading features -> (items, M) int array."""
+    """One epoch's (video, M window starts) as PretrainVideos draws them, without reading
+    features -> (items, M) int array."""
     import numpy as np
-
-    from pipeline.learn.sampling import draw_starts
     items = [i for b in batches for i in b]
     starts = np.empty((len(items), ds.m), np.int64)
     for k, i in enumerate(items):
-        total = ds.store.info(ds.ids[i])["n_logmel"]
-        starts[k] = draw_starts(total, ds.m, np.random.default_rng([ds.seed, ds.epoch, i]),
-                                ds.window_frames)
+        starts[k] = ds.starts(i)[1]
     return starts
 
 
@@ -404,8 +400,6 @@ WHAT = {
     "train_list": "pretrain() before the loop: FeatureStore, video list, verify, digest; "
                   "epoch_batches and one epoch's window table",
 }
-# what was changed in the pipeline after the first run at these sizes (numbers: res["before"])
-FIXES: dict[str, str] = {}
 
 
 def markdown(res: dict) -> str:
@@ -489,19 +483,6 @@ def markdown(res: dict) -> str:
                      f"{gen['bytes'] / 2 ** 30:.2f} GiB on disk (shards hold attributes only).")
     if errors:
         lines.append("- Failed: " + "; ".join(errors) + ".")
-    before = res.get("before")
-    if before and FIXES:
-        lines += ["", "## Fixes", "", "| step | size | before: s / peak MiB | after: s / peak "
-                  "MiB |", "|---|---|--:|--:|"]
-        for step in FIXES:
-            for n in sizes:
-                b = before.get(str(n), {}).get(step)
-                r = res["runs"][str(n)]["steps"].get(step)
-                if b and r and "error" not in r:
-                    lines.append(f"| {step} | {_n(n)} | {b['wall_s']:.1f} / {b['peak_mib']:.0f} "
-                                 f"| {r['wall_s']:.1f} / {r['peak_mib']:.0f} |")
-        lines.append("")
-        lines += [f"- **{step}**: {text}" for step, text in FIXES.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -518,8 +499,6 @@ def main(argv: list[str] | None = None) -> int:
                                               "[default: a temporary folder]")
     ap.add_argument("--keep", action="store_true", help="keep the generated inputs")
     ap.add_argument("--timeout-s", type=float, default=3600.0, help="limit per step process")
-    ap.add_argument("--before", type=Path, help="an earlier scale.json: its numbers are kept "
-                                                "as the 'before' of the fixes")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     ap.add_argument("--child", choices=STEPS, help=argparse.SUPPRESS)
     ap.add_argument("--generate", type=int, help=argparse.SUPPRESS)
@@ -545,9 +524,6 @@ def main(argv: list[str] | None = None) -> int:
     res.update(machine=machine(), argv=argv if argv is not None else sys.argv[1:],
                settings={"seed": args.seed, "slack": SLACK, "budget_s": BUDGET_S,
                          "budget_mib": BUDGET_MIB})
-    if args.before:
-        res["before"] = {n: run["steps"] for n, run in
-                         json.loads(args.before.read_text())["runs"].items()}
     work = args.work or Path(tempfile.mkdtemp(prefix="avl-scale-"))
     failed = False
     try:

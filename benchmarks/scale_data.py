@@ -139,10 +139,6 @@ def _pick(keys: list[str], shares: list[float], n: int, rng: np.random.Generator
     return [keys[i] for i in rng.choice(len(keys), size=n, p=p / p.sum()).tolist()]
 
 
-def _ts(t: datetime) -> str:
-    return t.isoformat()
-
-
 class _Attempts:
     """Attempt rows as the download's workers write them (runner.run_shard's record)."""
 
@@ -184,11 +180,10 @@ def _media(vid: str, rng: random.Random) -> dict:
 
 def _journal(path: Path, rows: list[dict]) -> None:
     """JSON lines as ledger.Journal.append writes them (one fsync per row skipped here)."""
+    from pipeline.download.ledger import journal_line
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            rec = {k: (_ts(v) if isinstance(v, datetime) else v) for k, v in r.items()}
-            f.write(json.dumps(rec, sort_keys=True) + "\n")
+        f.writelines(journal_line(r) for r in rows)
 
 
 def _write_table(table: pa.Table, path: Path) -> None:
@@ -256,7 +251,7 @@ def generate(root: Path, n: int, seed: int = 0) -> dict:
 
     from pipeline.download.ledger import (AVAILABILITY_SCHEMA, AVAILABLE, PENDING, TRANSIENT,
                                           attempts_table, write_availability)
-    from pipeline.features.store import INDEX_SCHEMA, recipe_sha256, shard_name
+    from pipeline.features.store import recipe_sha256, shard_name, write_index, write_sum
 
     p = paths(root)
     rng = np.random.default_rng(seed)
@@ -364,8 +359,7 @@ def generate(root: Path, n: int, seed: int = 0) -> dict:
             f.attrs["complete"] = True
         data = path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
-        (p["features"] / f"{name}.sum.json").write_text(json.dumps(
-            {"file": name, "sha256": digest, "bytes": len(data)}, sort_keys=True) + "\n")
+        write_sum(path, digest, len(data))
         for r in srows:
             index[r["video_id"]] = {**r, "shard_sha256": digest, "shard_bytes": len(data)}
     for v in srt:                                 # extract._write_store_index's other rows
@@ -377,9 +371,7 @@ def generate(root: Path, n: int, seed: int = 0) -> dict:
                         "n_resnet152": 0, "n_resnext101": 0, "n_logmel": 0,
                         "recipe_sha256": rhash}
     irows = [index[v] for v in srt]
-    _write_table(pa.Table.from_pylist([{f.name: r.get(f.name) for f in INDEX_SCHEMA}
-                                       for r in irows], schema=INDEX_SCHEMA),
-                 p["features"] / "index.parquet")
+    write_index(irows, p["features"] / "index.parquet")
     (p["features"] / "recipe.json").write_text(json.dumps(rec, indent=2, sort_keys=True) + "\n")
     store = Counter(r["status"] for r in irows)
     n_shards = math.ceil(len(done) / STORE_SHARD)

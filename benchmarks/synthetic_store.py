@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.features.store import ShardWriter, VideoRecord, recipe_sha256, write_index
+from pipeline.features.store import (ShardWriter, VideoRecord, recipe_sha256, shard_name,
+                                     write_index)
 
 RECIPE = {"dtype": "float16", "note": "synthetic (benchmarks/synthetic_store.py)"}
 BYTES_PER_SECOND = 2 * (2048 + 3072 + 40 * 100)    # float16 rows: 1 fps 2D, 1.5 fps 3D, log-Mel
@@ -63,7 +64,7 @@ def make_store(root: Path, videos: int, seconds: int, workers: int = 1, seed: in
     `workers` processes (1: in this process)."""
     root = Path(root)
     t0 = time.perf_counter()
-    jobs = [(str(root / f"shard-{s:05d}.h5"), first, min(SHARD_VIDEOS, videos - first), seconds,
+    jobs = [(str(root / shard_name(s, "hdf5")), first, min(SHARD_VIDEOS, videos - first), seconds,
              seed) for s, first in enumerate(range(0, videos, SHARD_VIDEOS))]
     if workers <= 1 or len(jobs) == 1:
         parts = [_write_shard(j) for j in jobs]

@@ -160,7 +160,7 @@ def filesystem(path: Path) -> str:
     try:
         for line in Path("/proc/mounts").read_text().splitlines():
             mnt, fstype = line.split()[1:3]
-            if str(path.resolve()).startswith(mnt) and len(mnt) > len(best):
+            if path.resolve().is_relative_to(mnt) and len(mnt) > len(best):
                 best, kind = mnt, fstype
     except OSError:
         pass

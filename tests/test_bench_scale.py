@@ -8,7 +8,6 @@ import json
 import os
 import random
 import shutil
-from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -199,9 +198,7 @@ def test_ledger_path_check_equals_the_path_by_path_one():
 
 
 def _journal(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps({k: v.isoformat() if isinstance(v, datetime) else v
-                                        for k, v in r.items()}, sort_keys=True) + "\n"
-                            for r in rows))
+    path.write_text("".join(ledger.journal_line(r) for r in rows))
 
 
 @pytest.mark.parametrize("case", ["new", "merge", "all_sealed"])

@@ -8,7 +8,7 @@ import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -102,8 +102,7 @@ class Journal:
         self._f = open(self.path, "a", encoding="utf-8")
 
     def append(self, row: dict) -> None:
-        rec = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
-        self._f.write(json.dumps(rec, sort_keys=True) + "\n")
+        self._f.write(journal_line(row))
         self._f.flush()
         os.fsync(self._f.fileno())
 
@@ -137,6 +136,12 @@ class LedgerError(UserError):
 def _set_aside_hint(path: Path) -> str:
     return (f"move it out of {path.parent} to go on without the attempts it holds (those "
             "videos are tried again), or restore it from a backup")
+
+
+def journal_line(row: dict) -> str:
+    """An attempt row as one JSON line of a journal (timestamps in ISO 8601)."""
+    rec = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+    return json.dumps(rec, sort_keys=True) + "\n"
 
 
 def read_journal(path: Path) -> list[dict]:
@@ -185,50 +190,26 @@ def seal_journal(path: Path) -> Path:
     time, so a journal's rows never all live as dicts at once (issue 16: one of 1.24 M rows
     took 5.4 GB)."""
     out = path.with_suffix(".parquet")
-    parts: list[pa.Table | list[dict]] = []
+    sealed = _read_sealed(out) if out.exists() else None
+    have = set(sealed.column("attempt_id").to_pylist()) if sealed is not None else set()
+    parts: list[pa.Table] = []
     batch: list[dict] = []
     for row in _journal_rows(path):
-        batch.append(row)
+        if row["attempt_id"] not in have:    # rows sealed already are neither converted again
+            batch.append(row)                # nor counted twice
         if len(batch) == SEAL_BATCH:
-            parts.append(_converted(batch))
+            parts.append(_journal_table(batch, path))
             batch = []
     if batch:
-        parts.append(_converted(batch))
-    # one chunk per column, as one conversion of all rows made: the same parquet bytes
-    if out.exists():
-        sealed = _read_sealed(out)
-        new = [t for t in (_unseen(x, sealed, path) for x in parts) if t.num_rows]
-        if new:
-            write_parquet_atomic(pa.concat_tables(
-                [sealed, pa.concat_tables(new).combine_chunks()]), out)
-    elif parts:
-        write_parquet_atomic(pa.concat_tables([x if isinstance(x, pa.Table)
-                                               else _journal_table(x, path) for x in parts])
-                             .combine_chunks(), out)
+        parts.append(_journal_table(batch, path))
+    if parts:   # one chunk per column, as one conversion of all rows made: the same bytes
+        new = pa.concat_tables(parts).combine_chunks()
+        write_parquet_atomic(new if sealed is None else pa.concat_tables([sealed, new]), out)
     path.unlink()
     return out
 
 
 SEAL_BATCH = 50_000   # journal rows converted to Arrow at a time when sealing
-
-
-def _converted(rows: list[dict]) -> pa.Table | list[dict]:
-    """rows as an attempts table; the rows themselves when they do not convert (the error is
-    raised where the original whole-journal conversion raised it: for rows not sealed yet)."""
-    try:
-        return attempts_table(rows)
-    except (pa.ArrowException, ValueError, TypeError):
-        return rows
-
-
-def _unseen(part: pa.Table | list[dict], sealed: pa.Table, path: Path) -> pa.Table:
-    """The rows of `part` whose attempt_id `sealed` lacks, as an attempts table."""
-    import pyarrow.compute as pc
-    if isinstance(part, pa.Table):
-        known = pc.is_in(part.column("attempt_id"), value_set=sealed.column("attempt_id"))
-        return part.filter(pc.invert(known))
-    have = set(sealed.column("attempt_id").to_pylist())
-    return _journal_table([r for r in part if r["attempt_id"] not in have], path)
 
 
 def _read_sealed(path: Path) -> pa.Table:
@@ -280,7 +261,7 @@ def read_attempts(ledger_dir: Path, root: Path | None = None,
     inside = _inside_check(root, videos_dir)   # one for all files: it caches folders
     for p in iter_attempt_files(ledger_dir):
         t = _read_sealed(p) if p.suffix == ".parquet" else _journal_table(read_journal(p), p)
-        _check_attempts(t, p, root, videos_dir, inside)
+        _check_attempts(t, p, videos_dir, inside)
         tables.append(t)
     if not tables:
         return ATTEMPT_SCHEMA.empty_table()
@@ -305,15 +286,16 @@ def _first_file_only(tables: list[pa.Table]) -> pa.Table:
     return t.filter(pa.array(table_of[first] == table_of))
 
 
-def _check_attempts(t: pa.Table, path: Path, root: Path | None, videos_dir: Path | None,
-                    inside=False) -> None:
+def _check_attempts(t: pa.Table, path: Path, videos_dir: Path | None,
+                    inside: Callable[[object], bool] | None) -> None:
+    """Raises LedgerError / UnsafeInputError naming `path` and the row when a row of `t` lacks
+    a required field, has an unknown status or an unsafe id, or (with `inside`, from
+    _inside_check) a media path outside `videos_dir`."""
     for name in REQUIRED:
         if t.column(name).null_count:
             row = t.column(name).to_pylist().index(None)
             raise LedgerError(f"{path}, row {row}: field {name!r} is empty; "
                               f"{_set_aside_hint(path)}")
-    if inside is False:
-        inside = _inside_check(root, videos_dir)
     for i, (vid, status, rel) in enumerate(zip(t.column("video_id").to_pylist(),
                                                t.column("status").to_pylist(),
                                                t.column("path").to_pylist())):

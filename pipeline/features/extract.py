@@ -59,7 +59,7 @@ from pipeline.safety import (DiskSpaceError, UserError, check_free_space, check_
 from pipeline.features.store import (AV_MISMATCH, FAILED, OK, STATUSES, ShardWriter, VideoRecord,
                             file_sha256, recipe_sha256, scan, shard_name, shard_number, sum_path,
                             write_index, write_sum)
-from pipeline.features.weights import (BACKBONES, CLIP_MEAN, OFFICIAL, load_backbone,
+from pipeline.features.weights import (BACKBONES, CLIP_MEAN, for_workers, load_backbone,
                                        resolve_weights)
 
 log = logging.getLogger(__name__)
@@ -830,9 +830,7 @@ def _run(dataset, jobs_plan, p, cluster, out_dir, recipe, weights, total_s, on_e
     # absolute paths (store, weights): a worker started in another folder, or on another
     # machine of the shared file system, reads and writes this project's files
     jp = dataclasses.replace(p, weights_dir=str(Path(p.weights_dir).expanduser().absolute()))
-    names = {n for _, n in OFFICIAL}
-    jw = tuple(w if w in names or w == "random" or w.startswith("random:")
-               else str(Path(w).expanduser().absolute()) for w in weights)
+    jw = tuple(for_workers(w) for w in weights)
     jobs = [ShardJob(n, videos, jp, jw, recipe, str(Path(out_dir).absolute()), topic, threads)
             for n, videos in jobs_plan]
     n_videos = sum(len(v) for _, v in jobs_plan)

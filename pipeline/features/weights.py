@@ -81,7 +81,7 @@ def resolve_weights(backbone: str, weights: str, *,
     if backbone not in BACKBONES:
         raise WeightsError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     recipe = {"backbone": backbone, "weights": weights}
-    if weights == "random" or weights.startswith("random:"):
+    if _is_random(weights):
         seed = _seed(weights)
         recipe.update(weights_sha256=f"random-seed-{seed}",
                       weights_source=f"random init (seed {seed}) + BatchNorm statistics calibrated "
@@ -104,6 +104,19 @@ def resolve_weights(backbone: str, weights: str, *,
     recipe.update(weights_sha256=digest or ("checked by the driver" if checked
                                             else sha256_file(path)), weights_source=source)
     return path, recipe
+
+
+def _is_random(weights: str) -> bool:
+    return weights == "random" or weights.startswith("random:")
+
+
+def for_workers(weights: str) -> str:
+    """`weights` as a process started in another folder (a dask worker of another machine)
+    names the same thing: a file path made absolute; names (official, random[:SEED]) as
+    they are."""
+    if _is_random(weights) or any(n == weights for _, n in OFFICIAL):
+        return weights
+    return str(Path(weights).expanduser().absolute())
 
 
 def load_backbone(backbone: str, weights: str, *, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR,

@@ -108,11 +108,16 @@ class PretrainVideos(Dataset):
     def __getitem__(self, i: int) -> dict:
         return read_item(self.store, self.ids[i], lambda: self._item(i))
 
+    def starts(self, i: int) -> tuple[int, np.ndarray]:
+        """Item i's (log-Mel frames, M window starts) in this epoch: seeded per (seed, epoch,
+        item), so any worker draws the same windows."""
+        total = self.store.info(self.ids[i])["n_logmel"]
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        return total, draw_starts(total, self.m, rng, self.window_frames)
+
     def _item(self, i: int) -> dict:
         vid = self.ids[i]
-        total = self.store.info(vid)["n_logmel"]
-        rng = np.random.default_rng([self.seed, self.epoch, i])
-        starts = draw_starts(total, self.m, rng, self.window_frames)
+        total, starts = self.starts(i)
         specs, nframes, videos = [], [], []
         for s in starts:
             w = window(int(s), total, self.window_frames)
