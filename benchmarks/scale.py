@@ -37,7 +37,6 @@ import os
 import platform
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +44,8 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from benchmarks.child import run_child
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
@@ -310,21 +311,8 @@ def run_step(step: str, data: Path, scratch: Path) -> dict:
 
 
 def _child(argv: list[str], timeout_s: float) -> dict:
-    """Runs `python -m benchmarks.scale <argv>` (a fresh process) -> the JSON it wrote."""
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        result = Path(f.name)
-    try:
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.scale", *argv, "--result",
-                               str(result)], cwd=ROOT, capture_output=True, text=True,
-                              timeout=timeout_s)
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
-            return {"error": f"exit {proc.returncode}", "stderr_tail": tail}
-        return json.loads(result.read_text())
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout_s:.0f} s"}
-    finally:
-        result.unlink(missing_ok=True)
+    """`python -m benchmarks.scale <argv>` in a fresh process -> the JSON it wrote."""
+    return run_child("benchmarks.scale", argv, timeout_s)
 
 
 def _generate_child(data: Path, n: int, seed: int) -> dict:

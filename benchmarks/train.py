@@ -87,8 +87,9 @@ class NpzVideos:
         return a[:, start:stop] if feature == "logmel" else a[start:stop]
 
 
-def loader_rate(source, n_per_batch: int, m: int, workers: int, batches: int) -> dict:
-    ds = PretrainVideos(source, source.ids(), m, seed=0)
+def dataset_rate(ds, n_per_batch: int, workers: int, batches: int) -> dict:
+    """Clips per second a DataLoader delivers from `ds` (items of M clips, collate_videos)
+    over the first `batches` batches of epoch 0."""
     sampler = epoch_batches(len(ds), n_per_batch, 0, 0)[:batches]
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers,
                         collate_fn=collate_videos)
@@ -103,21 +104,33 @@ def loader_rate(source, n_per_batch: int, m: int, workers: int, batches: int) ->
     return {"clips": clips, "wall_s": wall, "clips_per_s": clips / wall, "first_batch_s": first}
 
 
+def loader_rate(source, n_per_batch: int, m: int, workers: int, batches: int) -> dict:
+    return dataset_rate(PretrainVideos(source, source.ids(), m, seed=0), n_per_batch, workers,
+                        batches)
+
+
+def fit_rate(ds, tmp: Path, p: TrainParams, n_per_batch: int, epochs: int, lr: float) -> dict:
+    """The training loop on `ds` (CPU): steps and clips per second, data-wait (mean, max)
+    over the steps after the first (which includes the workers' start-up)."""
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    train(tmp, ds, collate_videos, p, items_per_batch=n_per_batch, epochs=epochs, lr=lr,
+          lr_decay=0.9, on_step=rows.append)
+    wall = time.perf_counter() - t0
+    steady = rows[1:] or rows
+    return {"steps": len(rows), "wall_s": wall,
+            "steps_per_s": len(steady) / sum(r["clips"] / r["clips_per_s"] for r in steady),
+            "clips_per_s": statistics.mean(r["clips_per_s"] for r in steady),
+            "data_wait": statistics.mean(r["data_wait"] for r in steady),
+            "data_wait_max": max(r["data_wait"] for r in steady)}
+
+
 def train_rate(source, tmp: Path, n_per_batch: int, m: int, workers: int, epochs: int) -> dict:
     p = TrainParams(model=SMALL, videos_per_batch=n_per_batch, clips_per_video=m,
                     workers=workers, epochs=epochs, seed=0, device="cpu",
                     checkpoint_every=10 ** 6)
-    ds = PretrainVideos(source, source.ids(), m, seed=0)
-    rows = []
-    t0 = time.perf_counter()
-    train(tmp, ds, collate_videos, p, items_per_batch=n_per_batch, epochs=epochs, lr=1e-3,
-          lr_decay=0.9, on_step=rows.append)
-    wall = time.perf_counter() - t0
-    steady = rows[1:] or rows                     # the first step includes worker start-up
-    return {"steps": len(rows), "wall_s": wall,
-            "steps_per_s": len(steady) / sum(r["clips"] / r["clips_per_s"] for r in steady),
-            "clips_per_s": statistics.mean(r["clips_per_s"] for r in steady),
-            "data_wait": statistics.mean(r["data_wait"] for r in steady)}
+    return fit_rate(PretrainVideos(source, source.ids(), m, seed=0), tmp, p, n_per_batch,
+                    epochs, 1e-3)
 
 
 def markdown(r: dict) -> str:

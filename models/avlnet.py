@@ -78,6 +78,9 @@ class AVLnet(nn.Module):
     D = 4096 with the gating head and the paper's audio widths (128, 256, 512, 1024); smaller
     `audio_widths` make the small configurations of tests and the CPU demo."""
 
+    inputs = ("spec", "nframes", "video")      # the batch keys forward takes
+    outputs = ("audio", "video")               # the embeddings it returns, in order
+
     def __init__(self, embed_dim: int = 4096, head: Head = "gating",
                  audio_widths: tuple[int, ...] = WIDTHS, video_norm: VideoNorm = "none"):
         super().__init__()
@@ -121,6 +124,10 @@ class AVLnet(nn.Module):
     def forward(self, spec: torch.Tensor, nframes: torch.Tensor | None,
                 video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_audio(spec, nframes), self.encode_video(video)
+
+    def embeddings(self, spec, nframes, video) -> dict[str, torch.Tensor]:
+        """Evaluation's named embeddings: {"audio", "video"}."""
+        return dict(zip(self.outputs, self(spec, nframes, video)))
 
 
 def video_input(rows2d: torch.Tensor, rows3d: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,14 @@ COMMANDS = {
                                            "annotated train clips."),
     "evaluate": Command("stages.evaluate", "Recall@K tables and pages for each model "
                                            "setting on a dataset."),
+    "captions": Command("stages.captions", "ASR captions (caption.json) -> a dataset's "
+                                           "Parquet caption store."),
+    "train_text": Command("stages.train_text", "Pretrain a text model (AVLnet-Text Tri / "
+                                               "Fused, MMV) on ASR caption clips."),
+    "finetune_text": Command("stages.finetune_text", "Fine-tune a text model on a dataset's "
+                                                     "annotated clips and captions."),
+    "evaluate_text": Command("stages.evaluate_text", "Text retrieval tables (T->V, T+A->V, "
+                                                     "...) for each text model setting."),
     "audit": Command("stages.audit", "Availability reports of every dataset, compared with "
                                      "the last audit."),
 }

@@ -221,7 +221,9 @@ class CrossTaskManifestParams(SourceParams):
 class HowTo100MManifestParams(SourceParams):
     """HowTo100M video listing, optionally with ASR caption clips."""
 
-    captions: bool = param(False, "also read caption.json into clips (large: ~136 M rows)")
+    captions: bool = param(False, "also read caption.json into manifest clips (large: ~136 M "
+                                  "rows, read whole); text pretraining does not need this: it "
+                                  "streams caption.json through stage captions@ (text.captions)")
 
 
 MEDIA_EXTENSIONS = ["mp4", "mkv", "webm", "mov", "avi", "m4v", "mpg", "mpeg", "ts", "mts",
@@ -467,8 +469,13 @@ class ExtractParams:
 
 @dataclasses.dataclass(frozen=True)
 class ModelParams:
-    """The AVLnet model and loss (avlnet.md); the paper's Table 3 ablations are these values."""
+    """The model and loss (avlnet.md); the paper's Table 3 ablations are these values. `arch`
+    picks the model family (extensions.md §1-2): AVLnet, AVLnet-Text Tri or Fused, MMV FAC."""
 
+    arch: Literal["avlnet", "avlnet_text_tri", "avlnet_text_fused", "mmv_fac"] = param(
+        "avlnet", "avlnet (audio-video; the loss below), avlnet_text_tri (D 6144 released), "
+                  "avlnet_text_fused (D 4096 released), mmv_fac (MMV's fine-and-coarse heads); "
+                  "the text archs train on caption clips (stage train_text)")
     embed_dim: int = param(4096, "joint embedding size D (paper: 4096)", ge=1, le=65536)
     head: Literal["gating", "linear", "mlp"] = param("gating", "projection heads (Table 3)")
     audio_widths: list[int] = param([128, 256, 512, 1024], "ResDAVEnet stage widths (paper: "
@@ -481,8 +488,21 @@ class ModelParams:
     video_norm: Literal["none", "batchnorm"] = param(
         "none", "standardise the 4096-d video input before its head (paper: none; the offline "
         "demo's random-backbone features need batchnorm, see models/avlnet.py)")
+    word_dim: int = param(300, "word vector size of the text branch (GoogleNews: 300)", ge=1,
+                          le=4096)
+    mmv_va_dim: int = param(512, "mmv_fac: fine (video-audio) space size", ge=1, le=65536)
+    mmv_vat_dim: int = param(256, "mmv_fac: coarse (video-audio-text) space size", ge=1,
+                             le=65536)
+    mmv_temperature: float = param(0.07, "mmv_fac: NCE and MIL-NCE temperature", gt=0)
+    mmv_lambda_va: float = param(1.0, "mmv_fac: weight of the video-audio NCE", ge=0)
+    mmv_lambda_vt: float = param(10.0, "mmv_fac: weight of the video-text MIL-NCE", ge=0)
 
     def __post_init__(self) -> None:
+        if self.arch == "avlnet_text_fused" and self.embed_dim % 2:
+            _fail("embed_dim", f"avlnet_text_fused needs an even embed_dim (audio and text get "
+                               f"half each), got {self.embed_dim}")
+        if self.arch != "avlnet" and self.head != "gating":
+            _fail("head", f"{self.arch} has its own heads; leave head: gating")
         if (len(self.audio_widths) != 4 or min(self.audio_widths) < 1
                 or max(self.audio_widths) > 16384):
             _fail("audio_widths", f"expected 4 widths within 1..16384, got {self.audio_widths}")
@@ -518,6 +538,11 @@ class TrainParams:
                             "0 = torch's default (the machine's cores). Float rounding depends "
                             "on the thread count: pin it for runs identical across machines",
                          ge=0, le=1024)
+    caption_min_s: float = param(8.0, "text archs: captions are merged with their neighbours "
+                                      "until a clip lasts this long, s (Tri 8, Fused 10)",
+                                 ge=0, le=3600)
+    caption_frames: int = param(800, "text archs: audio frames per caption clip, padded or "
+                                     "cropped (Tri 800, Fused 1000)", ge=16, le=1_000_000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -539,6 +564,17 @@ class FinetuneParams:
     clip_frames: int = param(0, "audio frames per clip, padded or cropped; 0 = the dataset's "
                                 "(5120 YouCook2/CrossTask, 3072 MSR-VTT, 512 demo); evaluation "
                                 "uses the same", ge=0, le=1_000_000)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextFinetuneParams(FinetuneParams):
+    """Stage finetune_text@<dataset>: a text model on the dataset's annotated clips and their
+    captions (Tri: MMS(T (A+V)); Fused: MMS(AT V))."""
+
+    init: Literal["pretrained", "audio_video", "none"] = param(
+        "pretrained", "pretrained: stage train_text's model; audio_video: stage train's "
+                      "audio-video AVLnet with the text branch added here (the thesis's "
+                      "low-resource setting, Table 4.2); none: from scratch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -580,6 +616,30 @@ class EvaluateParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class TextParams:
+    """AVLnet-Text (extensions.md §1): word vectors, ASR captions, and the text model's train,
+    finetune and evaluate settings (stages captions@, train_text, finetune_text@,
+    evaluate_text@)."""
+
+    word_vectors: str = param("data/weights/GoogleNews-vectors-negative300.bin",
+                              "word2vec file (binary or text format; GoogleNews 300-d for the "
+                              "paper), from the project root; cached memory-mappable in "
+                              "cache_dir on first use")
+    cache_dir: str = param("data/weights", "where the word vectors' cache is written")
+    max_words: int = param(20, "words per caption after dropping unknown ones (paper: 20)",
+                           ge=1, le=1000)
+    captions: list[str] = param([], "datasets whose ASR captions (data/sources/<name>/"
+                                    "caption.json) stage captions@<name> ingests")
+    train: TrainParams = param(TrainParams(dataset="howto100m", model=ModelParams(
+        arch="avlnet_text_tri", embed_dim=6144), epochs=15, videos_per_batch=256,
+        lr=2.5e-4), "pretraining on caption clips (paper Tri: 15 epochs, 256 x 32, lr 2.5e-4, "
+                    "decay 0.9)")
+    finetune: TextFinetuneParams = param(TextFinetuneParams(datasets=[]),
+                                         "fine-tuning with captions")
+    evaluate: EvaluateParams = param(EvaluateParams(datasets=[]), "text retrieval reports")
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     """The whole params.yaml."""
 
@@ -594,6 +654,7 @@ class Params:
     train: TrainParams = param(TrainParams(), "pretraining stage")
     finetune: FinetuneParams = param(FinetuneParams(), "fine-tuning stage")
     evaluate: EvaluateParams = param(EvaluateParams(), "evaluation stage")
+    text: TextParams = param(TextParams(), "AVLnet-Text stages")
 
     def __post_init__(self) -> None:
         for name, kind in self.datasets.items():
@@ -614,6 +675,19 @@ class Params:
                 if name not in self.datasets:
                     _fail(f"{key}.datasets", f"{name!r} is not in `datasets` "
                                              f"({', '.join(self.datasets)})")
+        for key, names in (("text.finetune.datasets", self.text.finetune.datasets),
+                           ("text.evaluate.datasets", self.text.evaluate.datasets),
+                           ("text.captions", self.text.captions)):
+            for name in names:
+                if name not in self.datasets:
+                    _fail(key, f"{name!r} is not in `datasets` ({', '.join(self.datasets)})")
+        if self.text.train.model.arch == "avlnet":
+            _fail("text.train.model.arch", "a text arch is needed here (avlnet_text_tri, "
+                                           "avlnet_text_fused or mmv_fac)")
+        if self.train.model.arch != "avlnet":
+            _fail("train.model.arch", f"{self.train.model.arch} trains on caption clips: set it "
+                                      "in text.train.model (stage train_text); train is the "
+                                      "audio-video AVLnet")
         if self.train.dataset not in self.datasets:
             _fail("train.dataset", f"{self.train.dataset!r} is not in `datasets` "
                                    f"({', '.join(self.datasets)})")

@@ -51,6 +51,9 @@ def cli(**kw) -> int:
             shutil.rmtree(args.sources)
         args.sources.mkdir(parents=True)
         shutil.copyfile(args.out / "annotations.json", args.sources / "annotations.json")
+        # the ASR captions, as HowTo100M's caption.json sits in its input folder (read by
+        # stage captions@demo; not pinned in the spec: download@demo does not use them)
+        shutil.copyfile(args.out / "caption.json", args.sources / "caption.json")
         # media_sha256 pins the media too, so download@demo (which depends on this file)
         # re-runs when the generated videos change even if the annotations do not
         spec = {"media_sha256": sha256_tree(args.out / "videos"),

@@ -24,10 +24,11 @@ def test_shipped_params_load_and_match_defaults():
                                           for x in keys(v, f"{prefix}{k}.")}
 
     assert keys(yaml.safe_load((ROOT / "params.yaml").read_text())) == keys(defaults)
-    small = ("train", "finetune")
+    small = ("train", "finetune", "text")
     assert {k: v for k, v in shipped.items() if k not in small} == \
         {k: v for k, v in defaults.items() if k not in small}
     assert defaults["train"]["model"]["embed_dim"] == 4096 and defaults["finetune"]["batch"] == 256
+    assert defaults["text"]["train"]["model"]["embed_dim"] == 6144      # Tri, as released
 
 
 def _load(tmp_path, data):

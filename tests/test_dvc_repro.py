@@ -22,6 +22,10 @@ TINY_TRAIN = {"videos_per_batch": 2, "clips_per_video": 2, "epochs": 2, "workers
                         "loss": "mms", "mms_margin": 0.001, "ranking_margin": 0.1,
                         "temperature": 0.1, "video_norm": "batchnorm"}}
 TINY_FINETUNE = {"batch": 2, "epochs": 1}
+TINY_TEXT = {"train": {**TINY_TRAIN, "model": {**TINY_TRAIN["model"],
+                                               "arch": "avlnet_text_tri"},
+                       "caption_min_s": 2.0, "caption_frames": 300},
+             "finetune": TINY_FINETUNE}
 TINY_DEMO = {"n_videos": 4, "n_val": 1, "n_concepts": 3, "min_duration_s": 5.0,
              "max_duration_s": 6.0, "segments_per_video": 1,
              "frame_sizes": ["320x240"], "fps": 30, "workers": 2}
@@ -49,7 +53,9 @@ def project(tmp_path_factory) -> Path:
     dest = copy_project(tmp_path_factory.mktemp("clone") / "p")
     _set_params(dest, lambda d: (d["demo"].update(TINY_DEMO), d["cluster"].update(TINY_CLUSTER),
                                  d["extract"].update(TINY_EXTRACT), d["train"].update(TINY_TRAIN),
-                                 d["finetune"].update(TINY_FINETUNE)))
+                                 d["finetune"].update(TINY_FINETUNE),
+                                 d["text"]["train"].update(TINY_TEXT["train"]),
+                                 d["text"]["finetune"].update(TINY_TEXT["finetune"])))
     _run(dest, "git", "init", "-q")
     _run(dest, "git", "add", "-A")
     _run(dest, "git", "commit", "-qm", "clone")
@@ -59,7 +65,8 @@ def project(tmp_path_factory) -> Path:
 def test_repro_runs_the_whole_demo(project):
     out = _run(project, "dvc", "repro")
     for stage in ("demo", "manifest@demo", "download@demo", "audit", "extract@demo", "train",
-                  "finetune@demo", "evaluate@demo"):
+                  "finetune@demo", "evaluate@demo", "captions@demo", "train_text",
+                  "finetune_text@demo", "evaluate_text@demo"):
         assert f"Running stage '{stage}'" in out
     videos = pq.read_table(project / "manifests/demo/videos.parquet").to_pylist()
     assert len(videos) == 4
@@ -90,8 +97,11 @@ def test_repro_runs_the_whole_demo(project):
     assert 0 <= recall["zero_shot/paper/audio_to_video_R@10"] <= 1
     for ext in ("md", "png", "html"):
         assert (project / f"reports/recall/demo.{ext}").is_file()
+    text = json.loads((project / "reports/text/demo.json").read_text())
+    assert 0 <= text["fine_tuned/paper/text_to_video_R@10"] <= 1
     shown = _run(project, "dvc", "metrics", "show")
     assert "fine_tuned/paper/audio_to_video_R@10" in shown
+    assert "fine_tuned/paper/text_audio_to_video_R@10" in shown
 
 
 def test_second_repro_does_nothing(project):

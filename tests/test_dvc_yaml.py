@@ -55,7 +55,13 @@ ALL_DATASETS = {**{k: k for k in DATASETS}, **{f"my-{k}": k for k in OWN_KINDS}}
 CLIP_DATASETS = ("demo", "youcook2", "msrvtt", "crosstask", *(f"my-{k}" for k in OWN_KINDS))
 FOREACH = {"${datasets}": ALL_DATASETS,
            "${finetune.datasets}": CLIP_DATASETS,
-           "${evaluate.datasets}": CLIP_DATASETS}
+           "${evaluate.datasets}": CLIP_DATASETS,
+           # datasets with ASR captions (caption.json): the demo's and HowTo100M's
+           "${text.captions}": ("demo", "howto100m"),
+           "${text.finetune.datasets}": CLIP_DATASETS,
+           "${text.evaluate.datasets}": CLIP_DATASETS}
+PRETRAIN = {"${train.dataset}": ("demo", "howto100m"),
+            "${text.train.dataset}": ("demo", "howto100m")}
 
 
 def expanded_stages() -> dict[str, dict]:
@@ -73,10 +79,10 @@ def expanded_stages() -> dict[str, dict]:
                 else:
                     text = text.replace("${item}", ds)
                 out[f"{name}@{ds}"] = yaml.safe_load(text)
-        elif "${train.dataset}" in yaml.safe_dump(st):
-            for ds in ("demo", "howto100m"):
-                out[f"{name}[{ds}]"] = yaml.safe_load(
-                    yaml.safe_dump(st).replace("${train.dataset}", ds))
+        elif any(v in yaml.safe_dump(st) for v in PRETRAIN):
+            var = next(v for v in PRETRAIN if v in yaml.safe_dump(st))
+            for ds in PRETRAIN[var]:
+                out[f"{name}[{ds}]"] = yaml.safe_load(yaml.safe_dump(st).replace(var, ds))
         else:
             out[name] = st
     return out
@@ -116,7 +122,8 @@ def test_cmd_paths_are_declared_and_params_exist(name):
     cmd = shlex.split(st["cmd"])
     for flag, value in zip(cmd, cmd[1:]):
         if flag in ("--out", "--source-spec", "--manifest", "--manifests", "--videos", "--ledger",
-                    "--availability", "--features", "--init", "--models"):
+                    "--availability", "--features", "--init", "--models", "--source",
+                    "--captions"):
             assert any(d == value or d.startswith(value.rstrip("/") + "/") for d in declared), (
                 f"{name}: {flag} {value} is neither a dep nor an out")
     params = load_params(ROOT / "params.yaml")

@@ -24,7 +24,7 @@ from pipeline.learn.train import FINAL, RunFiles, TrainError
 
 
 TINY = ModelParams(embed_dim=32, audio_widths=[8, 16, 16, 32], video_norm="batchnorm")
-ARCH = {"embed_dim": 32, "head": "gating", "audio_widths": [8, 16, 16, 32],
+ARCH = {"arch": "avlnet", "embed_dim": 32, "head": "gating", "audio_widths": [8, 16, 16, 32],
         "video_norm": "batchnorm", "video_dim": 4096, "n_mels": 40}
 
 
@@ -194,7 +194,7 @@ def test_config_inferred_for_every_head(tmp_path, m):
     sd = tiny_state_dict(m, seed=3)
     torch.save({"model": sd}, tmp_path / "m.pt")        # ours without its config
     mf = load_model_file(tmp_path / "m.pt")
-    expect = {k: getattr(m, k) for k in ("embed_dim", "head", "audio_widths", "video_norm")}
+    expect = {k: getattr(m, k) for k in ("arch", "embed_dim", "head", "audio_widths", "video_norm")}
     assert mf.config == {**expect, "video_dim": 4096, "n_mels": 40}
     assert mf.config_source == CONFIG_INFERRED and mf.stored_as == "state_dict under 'model'"
     got = mf.model.state_dict()
@@ -206,7 +206,8 @@ def test_paper_sized_release_layout_is_inferred_as_the_paper_model():
         sd = AVLnet().state_dict()
     assert len(sd) == 141                        # avlnet.md: the released file's entries
     assert infer_config(sd, "AVLnet_release.pth") == {
-        "embed_dim": 4096, "head": "gating", "audio_widths": [128, 256, 512, 1024],
+        "arch": "avlnet", "embed_dim": 4096, "head": "gating",
+        "audio_widths": [128, 256, 512, 1024],
         "video_norm": "none", "video_dim": 4096, "n_mels": 40}
 
 

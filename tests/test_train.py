@@ -65,7 +65,8 @@ def test_tiny_config_learns_separable_data(tmp_path):
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
     model = build_model(TINY.model)
     model.load_state_dict(torch.load(tmp_path / "run" / "final.pt")["model"])
-    a, v = embed(model, DataLoader(data, batch_size=16, collate_fn=collate), torch.device("cpu"))
+    e = embed(model, DataLoader(data, batch_size=16, collate_fn=collate), torch.device("cpu"))
+    a, v = e["audio"], e["video"]
     r1 = retrieval_metrics(a, v)["available"]["audio_to_video_R@1"]
     assert r1 > 3 / len(data)                     # chance is 1/48 (same-class items tie-break)
     rows = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]

@@ -244,6 +244,74 @@ def annotations(plans: list[VideoPlan], url_root: str) -> dict:
     return {"database": db}
 
 
+# --------------------------------------------------------------------------- text
+
+# ASR-style narration around each spoken name (what a recogniser might transcribe around it)
+ASR_AROUND = (("now", ""), ("okay the", ""), ("", "goes in"), ("this is the", "here"),
+              ("and the", "now"), ("so", "right"), ("", ""), ("take the", ""))
+ASR_FILLER = ("okay", "so let's see", "alright", "next we do this", "um right", "let me show you",
+              "there we go", "and now")
+SPEECH_AT_S = 0.25          # the first spoken name starts this long after the segment's start
+SPEECH_SPAN_S = 1.5         # an ASR caption around a spoken name lasts this long
+# words the demo's word vectors leave out, as GoogleNews word2vec lacks some stop words: their
+# tokens are dropped by the same rule (extensions.md §1) and counted as out of vocabulary
+DEMO_OOV = ("a", "and", "of", "to", "um")
+WORD_VECTORS = "word2vec-demo.bin"
+
+
+def asr_captions(plans: list[VideoPlan], seed: int) -> dict:
+    """HowTo100M-format ASR captions ({video_id: {"start": [...], "end": [...], "text": [...]}},
+    times in s) for the plans: one caption around every spoken name (times as render_audio
+    speaks them), fillers in the gaps, and for every fifth video a last caption running 1.5 s
+    past the video's end (real ASR files have them; stage captions clips and counts it)."""
+    out = {}
+    for p in plans:
+        rng = np.random.default_rng([seed, p.index, 2])
+        caps: list[tuple[float, float, str]] = []
+        prev_end = 0.0
+        for s in p.segments:
+            if s.start_s - prev_end >= 1.5:            # a filler in the gap before the segment
+                a = prev_end + float(rng.uniform(0.1, 0.4))
+                caps.append((a, min(a + 1.2, s.start_s), ASR_FILLER[rng.integers(len(ASR_FILLER))]))
+            t = s.start_s + SPEECH_AT_S
+            while t + 1.0 <= s.end_s:                  # render_audio's spoken names
+                pre, post = ASR_AROUND[rng.integers(len(ASR_AROUND))]
+                text = " ".join(w for w in (pre, s.concept, post) if w)
+                caps.append((t - 0.1, min(t + SPEECH_SPAN_S, s.end_s + 0.5), text))
+                t += SPEECH_EVERY_S
+            prev_end = s.end_s
+        if p.index % 5 == 0:
+            caps.append((p.duration_s - 0.5, p.duration_s + 1.0, "thanks for watching"))
+        out[p.video_id] = {"start": [round(a, 2) for a, _, _ in caps],
+                           "end": [round(b, 2) for _, b, _ in caps],
+                           "text": [t for _, _, t in caps]}
+    return out
+
+
+def demo_vocabulary(plans: list[VideoPlan], captions: dict) -> list[str]:
+    """Every token of the annotations' sentences and the ASR captions, sorted, minus DEMO_OOV."""
+    from pipeline.text.words import tokenize
+    texts = [s.sentence for p in plans for s in p.segments]
+    texts += [t for c in captions.values() for t in c["text"]]
+    return sorted({w for t in texts for w in tokenize(t)} - set(DEMO_OOV))
+
+
+def write_text_files(plans: list[VideoPlan], seed: int, out_dir: Path) -> dict:
+    """The demo's caption.json (ASR captions) and its seeded random word vectors
+    (WORD_VECTORS, word2vec binary, 300-d: the GoogleNews loader reads it as it reads the real
+    file) plus word2vec-demo.json recording how they were made -> that record."""
+    from pipeline.text.words import WORD_DIM, demo_vectors, write_word2vec
+    captions = asr_captions(plans, seed)
+    write_json_atomic(captions, out_dir / "caption.json")
+    vocab = demo_vocabulary(plans, captions)
+    write_word2vec(out_dir / WORD_VECTORS, vocab, demo_vectors(vocab, WORD_DIM, seed))
+    record = {"file": WORD_VECTORS, "kind": "seeded random (demo)", "seed": seed,
+              "dim": WORD_DIM, "words": len(vocab), "left_out": list(DEMO_OOV),
+              "captions": sum(len(c["text"]) for c in captions.values())}
+    write_json_atomic(record, out_dir / "word2vec-demo.json")
+    return record
+
+
 # --------------------------------------------------------------------------- audio
 
 
@@ -649,6 +717,7 @@ def generate(params: DemoParams, out_dir: Path, url_root: str) -> dict:
                 for fut in futures:
                     fut.cancel()
                 raise
+    text = write_text_files(plans, params.seed, out_dir)
     write_json_atomic(annotations(plans, str(root)), out_dir / "annotations.json")
     counts = {c: {"training": 0, "validation": 0} for c in used}
     for p in plans:
@@ -664,6 +733,8 @@ def generate(params: DemoParams, out_dir: Path, url_root: str) -> dict:
         "total_bytes": total_bytes,
         "concepts": used,
         "concept_counts": counts,
+        "asr_captions": text["captions"],
+        "word_vectors": text["words"],
         "elapsed_s": round(elapsed, 2),
     }
     log.info("demo: %d videos, %.0f s of media, %.1f MB in %.1f s", summary["videos"],

@@ -75,13 +75,23 @@ def retrieval_metrics(audio: torch.Tensor, video: torch.Tensor, n_official: int 
 def metrics_from_ranks(r_av: np.ndarray, r_va: np.ndarray, n_official: int | None = None
                        ) -> dict[str, dict[str, float]]:
     """A->V and V->A ranks of the present clips -> the dict of retrieval_metrics."""
-    n = len(r_av)
+    return metrics_of({"audio_to_video": r_av, "video_to_audio": r_va}, n_official)
+
+
+def metrics_of(ranks: dict[str, np.ndarray], n_official: int | None = None
+               ) -> dict[str, dict[str, float]]:
+    """Ranks of the present clips per direction (name -> (n,)) -> {'available': {...},
+    'paper': {...}}: <direction>_R@1/5/10, _median_rank, _mean_rank for each, plus n_queries,
+    n_candidates, n_missing."""
+    n = len(next(iter(ranks.values())))
     n_official = n if n_official is None else n_official
     if n_official < n:
         raise ValueError(f"n_official ({n_official}) is below the {n} clips present")
     out = {}
     for protocol, total in (("available", n), ("paper", n_official)):
-        m = summarize(r_av, "audio_to_video", total) | summarize(r_va, "video_to_audio", total)
+        m: dict[str, float] = {}
+        for name, r in ranks.items():
+            m |= summarize(r, name, total)
         m.update(n_queries=float(total), n_candidates=float(n), n_missing=float(total - n))
         out[protocol] = m
     return out

@@ -13,6 +13,7 @@ Tables and plots are rendered from the metrics dict, never recomputed."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -79,13 +80,15 @@ def load_model(path: Path, device: torch.device) -> ModelFile:
 
 
 def setting_checkpoints(dataset: str, models: Path, settings: list[str],
-                        files: dict[str, str]) -> dict[str, Path]:
+                        files: dict[str, str], prefix: str = "") -> dict[str, Path]:
     """Setting -> checkpoint: zero_shot is models/pretrain/final.pt, fine_tuned
     models/finetune-<dataset>/final.pt, then each of evaluate.checkpoints (`files`, paths from
-    the project root). A file outside `models` (the stage's DVC dependency) is tracked by DVC
+    the project root); prefix "text-": pretrain-text/ and finetune-text-<dataset>/ (the text
+    stages'). A file outside `models` (the stage's DVC dependency) is tracked by DVC
     through its path only (the param): a warning says so."""
-    where = {"zero_shot": models / "pretrain" / "final.pt",
-             "fine_tuned": models / f"finetune-{dataset}" / "final.pt"}
+    where = {"zero_shot": models / f"pretrain{'-' + prefix.rstrip('-') if prefix else ''}"
+                          / "final.pt",
+             "fine_tuned": models / f"finetune-{prefix}{dataset}" / "final.pt"}
     out = {s: where[s] for s in settings}
     for name, file in files.items():
         path = Path(file)
@@ -115,26 +118,44 @@ def _write_text_atomic(text: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def evaluate(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict[str, Path],
-             out_dir: Path, *, availability: Path | None = None, videos_root: Path | None = None,
-             videos_dir: Path | None = None, batch: int = 64, examples: int = 5,
-             device: str = "cpu", clip_frames: int = 0, allow_missing: bool = False,
-             verify: str = "sha256") -> dict:
-    """Scores every setting's checkpoint; writes the four reports -> metrics.
+@dataclasses.dataclass
+class Prepared:
+    """What every evaluation starts from, checked before any work: the device, the settings'
+    loaded models, the ledger, the store, the split and its clips (present and official)."""
 
-    A setting whose checkpoint is missing is an EvaluateError (nothing written) unless
-    allow_missing (then a warning and the reports without it). availability (the ledger) is
-    read through pipeline.download.ledger.read_availability: with videos_root and videos_dir its paths
-    must stay inside videos_dir. verify: how the feature shards are checked (FeatureStore)."""
+    dev: torch.device
+    present: dict[str, Path]
+    models: dict[str, ModelFile]
+    ledger: pa.Table | None
+    store: FeatureStore
+    split: str
+    clips: list
+    ds: AnnotatedClips
+    prov: dict
+
+
+def prepare(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict[str, Path],
+            out_dir: Path, *, text: bool, availability: Path | None = None,
+            videos_root: Path | None = None, videos_dir: Path | None = None,
+            device: str = "cpu", clip_frames: int = 0, allow_missing: bool = False,
+            verify: str = "sha256") -> Prepared:
+    """The checks and loads evaluate() and the text evaluation share. A setting whose
+    checkpoint is missing is an EvaluateError (nothing written) unless allow_missing (then a
+    warning and the reports without it); a model of the other family (text: a text arch; else
+    the audio-video AVLnet) is an EvaluateError naming the stage that reports it. availability
+    (the ledger) is read through pipeline.download.ledger.read_availability: with videos_root
+    and videos_dir its paths must stay inside videos_dir. verify: how the feature shards are
+    checked (FeatureStore)."""
     dev = torch.device(device if device != "auto" else
                        ("cuda" if torch.cuda.is_available() else "cpu"))
     present = {s: p for s, p in checkpoints.items() if p is not None and p.is_file()}
     missing = {s: p for s, p in checkpoints.items() if s not in present}
+    section = "text.evaluate" if text else "evaluate"
     if missing and not allow_missing:
         raise EvaluateError(f"{dataset}: no checkpoint for "
                             + ", ".join(f"{s} ({p})" for s, p in missing.items())
-                            + "; run its stage first (or fix its path in evaluate.checkpoints), "
-                            "or set evaluate.allow_missing: true to report without it")
+                            + f"; run its stage first (or fix its path in {section}.checkpoints),"
+                            f" or set {section}.allow_missing: true to report without it")
     for s, p in missing.items():
         log.warning("%s: no checkpoint for setting %s (%s): not evaluated", dataset, s, p)
     if not present:
@@ -152,22 +173,49 @@ def evaluate(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict
         raise EvaluateError(f"none of the {len(clips)} {dataset} {split} clips has features")
     verify_features(store, {c.video_id for c in ds.clips})
     models = {s: load_model(p, dev) for s, p in present.items()}   # all checked before work
+    for s, mf in models.items():
+        arch = mf.config.get("arch", "avlnet")
+        if (arch == "avlnet") == text:
+            other = ("stage evaluate (evaluate.checkpoints)" if text else
+                     "stage evaluate_text (text.evaluate.checkpoints)")
+            raise EvaluateError(f"{present[s]}: a {arch} model (setting {s}); its retrieval "
+                                f"tables come from {other}")
     prov = provenance(dataset, split, store, manifest_dir, clips_official=len(clips),
                       clips_present=len(ds), clips_missing=len(ds.missing),
                       audit=_audit_date(ledger))
+    return Prepared(dev, present, models, ledger, store, split, clips, ds, prov)
+
+
+def setting_result(mf: ModelFile, path: Path, metrics: dict) -> dict:
+    """A setting's entry of details.json: its metrics and where its model came from."""
+    return {"metrics": metrics, "checkpoint": str(path), "checkpoint_sha256": mf.sha256,
+            "trained_on": mf.checkpoint.get("provenance", {}), "model_config": mf.config,
+            "config_source": mf.config_source, "stored_as": mf.stored_as}
+
+
+def evaluate(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict[str, Path],
+             out_dir: Path, *, availability: Path | None = None, videos_root: Path | None = None,
+             videos_dir: Path | None = None, batch: int = 64, examples: int = 5,
+             device: str = "cpu", clip_frames: int = 0, allow_missing: bool = False,
+             verify: str = "sha256") -> dict:
+    """Scores every setting's checkpoint (A->V, V->A); writes the four reports -> metrics.
+    Checks and loading: prepare()."""
+    pp = prepare(dataset, features, manifest_dir, checkpoints, out_dir, text=False,
+                 availability=availability, videos_root=videos_root, videos_dir=videos_dir,
+                 device=device, clip_frames=clip_frames, allow_missing=allow_missing,
+                 verify=verify)
+    dev, present, models, ledger, clips, ds, prov = (pp.dev, pp.present, pp.models, pp.ledger,
+                                                     pp.clips, pp.ds, pp.prov)
     loader = DataLoader(ds, batch_size=batch, collate_fn=collate_clips)
     results, curves, examples_html = {}, {}, []
     for setting, path in present.items():
         mf = models[setting]
-        a, v = embed(mf.model, loader, dev)
+        e = embed(mf.model, loader, dev)
+        a, v = e["audio"], e["video"]
         r_av = ranks_from_embeddings(a, v).numpy()       # each direction ranked once
         r_va = ranks_from_embeddings(v, a).numpy()
         m = metrics_from_ranks(r_av, r_va, n_official=len(clips))
-        results[setting] = {"metrics": m, "checkpoint": str(path),
-                            "checkpoint_sha256": mf.sha256,
-                            "trained_on": mf.checkpoint.get("provenance", {}),
-                            "model_config": mf.config, "config_source": mf.config_source,
-                            "stored_as": mf.stored_as}
+        results[setting] = setting_result(mf, path, m)
         curves[setting] = {"audio_to_video": _curve(r_av, len(clips)),
                            "video_to_audio": _curve(r_va, len(clips))}
         examples_html.append(_examples(setting, ds, a, v, examples, ledger, videos_root))
@@ -198,17 +246,17 @@ def headline(flat: dict[str, float]) -> dict[str, float]:
 
 def write_curves(curves: dict, n: int, folder: Path) -> None:
     """Recall-at-K curves as data for `dvc plots` (dvc.yaml `plots`): folder/<setting>.csv with
-    columns K, audio_to_video, video_to_audio (paper protocol) and chance. CSVs of settings not
-    evaluated this time are removed."""
+    columns K, one per direction (audio_to_video, video_to_audio; the text report's own) in
+    the paper protocol, and chance. CSVs of settings not evaluated this time are removed."""
     folder.mkdir(parents=True, exist_ok=True)
     names = {s: re.sub(r"[^A-Za-z0-9_.-]", "_", s) + ".csv" for s in curves}
     for old in folder.glob("*.csv"):
         if old.name not in names.values():
             old.unlink()
     for setting, c in curves.items():
-        rows = ["K,audio_to_video,video_to_audio,chance"]
-        rows += [f"{k},{c['audio_to_video'][k - 1]!r},{c['video_to_audio'][k - 1]!r},"
-                 f"{min(k, n) / n if n else 0.0!r}" for k in range(1, CURVE_K + 1)]
+        rows = [",".join(["K", *c, "chance"])]
+        rows += [",".join([str(k), *(repr(x[k - 1]) for x in c.values()),
+                           repr(min(k, n) / n if n else 0.0)]) for k in range(1, CURVE_K + 1)]
         _write_text_atomic("\n".join(rows) + "\n", folder / names[setting])
 
 
@@ -288,15 +336,18 @@ def _model_line(r: dict) -> str:
     return f"; model {desc} ({how})"
 
 
-def _plot_curves(dataset: str, curves: dict, n: int, out: Path) -> None:
+def _plot_curves(dataset: str, curves: dict, n: int, out: Path,
+                 labels: dict[str, str] = DIRECTIONS) -> None:
+    """Recall at K = 1..CURVE_K per setting and direction (labels: direction -> short name)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     ks = np.arange(1, CURVE_K + 1)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for setting, c in curves.items():
-        ax.plot(ks, c["audio_to_video"], label=f"{setting} A->V")
-        ax.plot(ks, c["video_to_audio"], "--", label=f"{setting} V->A")
+        for i, (direction, ys) in enumerate(c.items()):
+            ax.plot(ks, ys, ("-", "--", "-.", ":")[i % 4],
+                    label=f"{setting} {labels.get(direction, direction)}")
     ax.plot(ks, np.minimum(ks, n) / n, ":", color="gray", label="chance")
     ax.set_xlabel("K")
     ax.set_ylabel("recall at K (paper protocol)")

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 
@@ -22,6 +22,9 @@ from pipeline.features.store import FeatureStore, recipe_sha256
 from pipeline.data.sources import sha256_file
 from pipeline.learn.train import ARCHITECTURE, CHECKSUMS, CheckpointError, TrainError, \
     build_model, load_checkpoint, load_model_state, state_dict_mismatch, train
+
+if TYPE_CHECKING:
+    from pipeline.text.words import WordVectors
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +62,9 @@ def load_clips(manifest_dir: Path, split: str) -> list[ClipRef]:
             if r["split"] == split]
 
 
-def pretrain(dataset: str, features: Path, manifest_dir: Path, out: Path, p: TrainParams
-             ) -> dict:
-    """Pretrains on random windows of the train-split videos with features (status ok)."""
-    store = FeatureStore(features, verify=p.verify)
+def train_videos(dataset: str, store: FeatureStore, manifest_dir: Path
+                 ) -> tuple[str | None, list[str], list[str]]:
+    """-> (train split, its videos listed in the manifest, those with usable features)."""
     split = train_split(dataset, manifest_dir)
     listed = [r["video_id"] for r in read_videos(manifest_dir / "videos.parquet").to_pylist()
               if split is None or split in r["split"].split(",")]
@@ -70,6 +72,14 @@ def pretrain(dataset: str, features: Path, manifest_dir: Path, out: Path, p: Tra
     ids = [v for v in listed if v in usable]
     log.info("%s: pretraining on %d of %d %s videos (the others have no usable features)",
              dataset, len(ids), len(listed), split)
+    return split, listed, ids
+
+
+def pretrain(dataset: str, features: Path, manifest_dir: Path, out: Path, p: TrainParams
+             ) -> dict:
+    """Pretrains on random windows of the train-split videos with features (status ok)."""
+    store = FeatureStore(features, verify=p.verify)
+    split, listed, ids = train_videos(dataset, store, manifest_dir)
     if len(ids) < p.videos_per_batch:
         raise TrainError(f"{len(ids)} usable {dataset} videos cannot fill one batch of "
                          f"train.videos_per_batch = {p.videos_per_batch}")
@@ -85,41 +95,109 @@ def pretrain(dataset: str, features: Path, manifest_dir: Path, out: Path, p: Tra
     return summary
 
 
+def pretrain_text(dataset: str, features: Path, manifest_dir: Path, captions: Path,
+                  words: "WordVectors", out: Path, p: TrainParams, max_words: int) -> dict:
+    """Pretrains a text arch (p.model.arch) on caption clips of the train-split videos: ASR
+    captions (the caption store in `captions`) merged to >= p.caption_min_s, audio
+    p.caption_frames frames (pipeline/learn/textdata.py)."""
+    from pipeline.learn.textdata import CaptionClips
+    from pipeline.text.captions import CaptionStore
+    store = FeatureStore(features, verify=p.verify)
+    split, listed, ids = train_videos(dataset, store, manifest_dir)
+    caps = CaptionStore(captions)
+    ds = CaptionClips(store, caps, words, ids, p.clips_per_video, p.caption_min_s,
+                      p.caption_frames, p.seed, max_words)
+    if len(ds) < p.videos_per_batch:
+        raise TrainError(f"{len(ds)} {dataset} videos with features and captions cannot fill "
+                         f"one batch of text.train.videos_per_batch = {p.videos_per_batch}")
+    verify_features(store, ds.ids)
+    prov = provenance(dataset, split, store, manifest_dir, videos=len(ds.ids),
+                      videos_missing=len(listed) - len(ds.ids), videos_skipped=ds.skipped,
+                      captions_dropped=ds.dropped_captions, features_sha256=store.digest(ds.ids),
+                      captions=_caption_source(caps), word_vectors=words.identity())
+    with writer_lock(out, f"train_text ({dataset})"):
+        summary = train(out, ds, collate_videos, p, items_per_batch=p.videos_per_batch,
+                        epochs=p.epochs, lr=p.lr, lr_decay=p.lr_decay, provenance=prov,
+                        restart_on_change=True)
+        write_json_atomic({**summary, "provenance": prov}, out / "summary.json")
+    return summary
+
+
+def _caption_source(caps) -> dict:
+    """What a caption store holds (its report's source size, video list digest and counts;
+    not the path or time, so a regenerated identical store does not restart a run)."""
+    r = caps.report
+    return {"source_bytes": r["source"]["size"], "videos_digest": r.get("videos_digest"),
+            **{k: r["counts"].get(k) for k in ("videos", "captions")},
+            "skipped": {k: v for k, v in r.get("skipped", {}).items() if v}}
+
+
+def caption_texts(manifest_dir: Path, split: str) -> dict[str, list[str]]:
+    """clip_id -> its captions: the manifest's `captions` list where the dataset has several
+    (MSR-VTT: 20, the official one first), else [text] ([] without text)."""
+    rows = read_clips(manifest_dir / "clips.parquet").to_pylist()
+    out = {}
+    for r in rows:
+        if r["split"] != split:
+            continue
+        many = [c for c in (r.get("captions") or []) if c]
+        official = r.get("text")
+        out[r["clip_id"]] = ([official] if official else []) + [c for c in many if c != official]
+    return out
+
+
 def collate_clips(items: list[dict]) -> dict:
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
 def finetune(dataset: str, features: Path, manifest_dir: Path, init: Path | None, out: Path,
-             tp: TrainParams, p: FinetuneParams) -> dict:
-    """Fine-tunes (or trains from scratch with init None) on the annotated train clips."""
+             tp: TrainParams, p: FinetuneParams, words: "WordVectors | None" = None,
+             max_words: int = 20) -> dict:
+    """Fine-tunes (or trains from scratch with init None) on the annotated train clips.
+
+    With `words` (a text arch in tp.model; stage finetune_text) each clip brings its caption
+    (one drawn per epoch where it has several: MSR-VTT's 20) and the arch's fine-tuning
+    objective runs (Tri: MMS(T (A+V))); p.init "audio_video" (TextFinetuneParams) starts from
+    the audio-video AVLnet with the text branch fresh (the thesis's low-resource setting)."""
+    text = words is not None
+    stage = f"finetune_text@{dataset}" if text else f"finetune@{dataset}"
     store = FeatureStore(features, verify=tp.verify)
     split = train_split(dataset, manifest_dir)
     if split is None:
         raise TrainError(f"{manifest_dir}: {dataset} has no train split to fine-tune on "
                          "(annotate clips with split `train`)")
-    clips = load_clips(manifest_dir, split)
-    ds = AnnotatedClips(store, clips, p.clip_frames or clip_frames_of(dataset, manifest_dir))
+    clips = AnnotatedClips(store, load_clips(manifest_dir, split),
+                           p.clip_frames or clip_frames_of(dataset, manifest_dir))
+    ds = clips
+    if text:
+        from pipeline.learn.textdata import TextClips
+        ds = TextClips(clips, caption_texts(manifest_dir, split), words, train=True,
+                       seed=tp.seed + 1, max_words=max_words)
     if init is not None and not init.is_file():
-        raise TrainError(f"{init} not found: run `dvc repro train` first, or set "
-                         "finetune.init: none to train from scratch")
+        raise TrainError(f"{init} not found: run its stage first (`dvc repro "
+                         f"{'train_text' if text else 'train'}`), or set "
+                         f"{'text.' if text else ''}finetune.init: none to train from scratch")
     batch = min(p.batch, len(ds))
     if batch < 2:
         raise TrainError(f"{len(ds)} usable {dataset} {split} clips: too few to fine-tune")
     if batch < p.batch:
         log.warning("%s: %d usable clips, fewer than finetune.batch = %d: batches of %d",
                     dataset, len(ds), p.batch, batch)
-    verify_features(store, {c.video_id for c in ds.clips})
+    verify_features(store, {c.video_id for c in clips.clips})
+    extra = ({"clips_without_text": ds.no_text, "init_kind": p.init,
+              "word_vectors": words.identity()} if text else {})
     prov = provenance(dataset, split, store, manifest_dir, clips=len(ds),
-                      clips_missing=len(ds.missing), init=str(init) if init else None,
-                      bn_mode=p.bn_mode,
-                      features_sha256=store.digest({c.video_id for c in ds.clips}))
+                      clips_missing=len(clips.missing), init=str(init) if init else None,
+                      bn_mode=p.bn_mode, **extra,
+                      features_sha256=store.digest({c.video_id for c in clips.clips}))
     # no per-epoch decay when fine-tuning (avlnet.md); the model config is pretraining's
     tp = dataclasses.replace(tp, seed=tp.seed + 1)
-    with writer_lock(out, f"finetune@{dataset}"):
+    with writer_lock(out, stage):
         summary = train(out, ds, collate_clips, tp, items_per_batch=batch, epochs=p.epochs,
                         lr=p.lr, lr_decay=1.0, init_from=init,
                         bn_frozen=p.bn_mode == "frozen", provenance=prov,
-                        restart_on_change=True)
+                        restart_on_change=True, finetuning=text,
+                        init_partial=p.init == "audio_video")
         write_json_atomic({**summary, "provenance": prov}, out / "summary.json")
     return summary
 
@@ -132,6 +210,8 @@ CONFIG_INFERRED = "inferred from state_dict shapes"   # a bare state_dict (AVLne
 # checkpoint: "net"; common elsewhere: "state_dict", "model_state_dict")
 WRAPPERS = ("model", "state_dict", "model_state_dict", "net")
 DP_PREFIX = "module."                                 # torch.nn.DataParallel / DDP key prefix
+# besides ARCHITECTURE, the settings a state_dict's shapes fix (text archs)
+SHAPED = ("word_dim", "mmv_va_dim", "mmv_vat_dim")
 
 
 @dataclasses.dataclass
@@ -174,10 +254,13 @@ def load_model_file(path: Path, error: type[Exception] = TrainError) -> ModelFil
         model = build_model(mp)
         load_model_state(model, {"model": sd}, path, config, error)
         # it loaded strictly, so the shapes agree with the record; the record's values rule
-        arch = {**infer_config(sd, path, error), **{k: getattr(mp, k) for k in ARCHITECTURE}}
+        inferred = infer_config(sd, path, error)
+        arch = {**inferred, **{k: getattr(mp, k) for k in (*ARCHITECTURE, *SHAPED)
+                               if k in ARCHITECTURE or k in inferred}}
         return ModelFile(model, sha, arch, CONFIG_RECORDED, obj, stored_as)
     arch = infer_config(sd, path, error)
-    model = build_model(ModelParams(**{k: arch[k] for k in ARCHITECTURE}))
+    model = build_model(ModelParams(**{k: arch[k] for k in (*ARCHITECTURE, *SHAPED)
+                                       if k in arch}))
     _load_strict(model, sd, path, arch, error)
     return ModelFile(model, sha, arch, CONFIG_INFERRED, {}, stored_as)
 
@@ -235,11 +318,28 @@ def infer_config(sd: dict, path: Path, error: type[Exception] = TrainError) -> d
                         f"to infer {needed_for}); not an AVLnet checkpoint")
         return s
 
-    embed_dim = shape("DAVEnet_projection.weight", "embed_dim", 2)[0]
+    arch, extra = "avlnet", {}
+    if "GU_audio_text.fc_audio.weight" in sd:
+        arch = "avlnet_text_fused"
+        embed_dim = shape("GU_audio_text.fc_audio.weight", "embed_dim", 2)[0]
+        extra["word_dim"] = shape("text_pooling_caption.fc.weight", "the word size", 2)[1]
+    elif "text_head.weight" in sd:
+        arch = "mmv_fac"
+        embed_dim = shape("text_pooling.fc.weight", "embed_dim", 2)[0]
+        extra = {"word_dim": shape("text_pooling.fc.weight", "the word size", 2)[1],
+                 "mmv_va_dim": shape("audio_head.weight", "the fine space", 2)[0],
+                 "mmv_vat_dim": shape("text_head.weight", "the coarse space", 2)[0]}
+    else:
+        embed_dim = shape("DAVEnet_projection.weight", "embed_dim", 2)[0]
+        if "text_pooling_caption.fc.weight" in sd:
+            arch = "avlnet_text_tri"
+            extra["word_dim"] = shape("text_pooling_caption.fc.weight", "the word size", 2)[1]
     widths = [shape(f"DAVEnet.layer{i}.0.conv1.weight", "audio_widths", 4)[0]
               for i in range(1, 5)]
     n_mels = shape("DAVEnet.conv1.weight", "the audio input", 4)[2]
-    if "GU_video.cg.fc.weight" in sd:
+    if arch == "mmv_fac":
+        head, video_key = "gating", "video_head.0.weight"
+    elif "GU_video.cg.fc.weight" in sd:
         head, video_key = "gating", "GU_video.fc.weight"
     elif "GU_video.fc2.weight" in sd:
         head, video_key = "mlp", "GU_video.fc.weight"
@@ -256,9 +356,9 @@ def infer_config(sd: dict, path: Path, error: type[Exception] = TrainError) -> d
     if n_mels != N_MELS:
         raise error(f"{path}: 'DAVEnet.conv1.weight' takes {n_mels} mel bands; this "
                     f"pipeline's log-Mel features have {N_MELS}")
-    return {"embed_dim": embed_dim, "head": head, "audio_widths": widths,
+    return {"arch": arch, "embed_dim": embed_dim, "head": head, "audio_widths": widths,
             "video_norm": "batchnorm" if "video_norm.running_mean" in sd else "none",
-            "video_dim": video_dim, "n_mels": n_mels}
+            "video_dim": video_dim, "n_mels": n_mels, **extra}
 
 
 def _load_strict(model: torch.nn.Module, sd: dict, path: Path, arch: dict,
@@ -270,8 +370,7 @@ def _load_strict(model: torch.nn.Module, sd: dict, path: Path, arch: dict,
         return
     except RuntimeError:
         pass
-    desc = ", ".join(f"{k} {arch[k]}" for k in ("embed_dim", "head", "audio_widths",
-                                                 "video_norm"))
+    desc = ", ".join(f"{k} {arch[k]}" for k in ARCHITECTURE)
     raise error(f"{path}: state_dict does not fit the AVLnet its shapes imply ({desc}): "
                 f"{state_dict_mismatch(model, sd)}; is it an AVLnet checkpoint of this "
                 "architecture?")

@@ -32,7 +32,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from models.avlnet import AVLnet
+from models.avlnet_text import AVLnetTextFused, AVLnetTextTri, MMVFac
 from models.losses import LOSSES
+from models.objectives import FusedObjective, MMVObjective, PairObjective, TriFinetune, \
+    TriPretrain
 from pipeline.learn.avdata import checked_batches
 from pipeline.config import ModelParams, TrainParams, to_dict
 from pipeline.safety import UserError, check_free_space, move_aside
@@ -45,7 +48,7 @@ PREVIOUS = "checkpoint.prev.pt"       # the one before it: the fall-back when th
 FINAL = "final.pt"                    # the trained model (what finetune and evaluate read)
 CHECKSUMS = "checksums.json"          # {"files": {name: {sha256, bytes, global_step}}, "retired"}
 # the settings that shape the state_dict: a checkpoint differing in one cannot be loaded
-ARCHITECTURE = ("embed_dim", "head", "audio_widths", "video_norm")
+ARCHITECTURE = ("arch", "embed_dim", "head", "audio_widths", "video_norm")
 
 
 class TrainError(UserError):
@@ -56,8 +59,30 @@ class CheckpointError(TrainError):
     """A checkpoint whose bytes differ from its recorded sha256, or that does not load."""
 
 
-def build_model(m: ModelParams) -> AVLnet:
-    return AVLnet(m.embed_dim, m.head, tuple(m.audio_widths), m.video_norm)
+def build_model(m: ModelParams) -> nn.Module:
+    """The model of `m.arch`: each declares `inputs` (batch keys), `outputs` (embedding names)."""
+    widths = tuple(m.audio_widths)
+    if m.arch == "avlnet_text_tri":
+        return AVLnetTextTri(m.embed_dim, widths, m.video_norm, m.word_dim)
+    if m.arch == "avlnet_text_fused":
+        return AVLnetTextFused(m.embed_dim, widths, m.video_norm, m.word_dim)
+    if m.arch == "mmv_fac":
+        return MMVFac(m.embed_dim, widths, m.video_norm, m.word_dim, m.mmv_va_dim,
+                      m.mmv_vat_dim)
+    return AVLnet(m.embed_dim, m.head, widths, m.video_norm)
+
+
+def build_objective(m: ModelParams, finetuning: bool = False, window_s: float = 10.0
+                    ) -> nn.Module:
+    """Embeddings -> named loss terms (models/objectives.py) for `m.arch` in pretraining or
+    fine-tuning; window_s: how close two clips' starts are to count as MIL-NCE positives."""
+    if m.arch == "avlnet_text_tri":
+        return TriFinetune(m.mms_margin) if finetuning else TriPretrain(m.mms_margin)
+    if m.arch == "avlnet_text_fused":
+        return FusedObjective(m.mms_margin)
+    if m.arch == "mmv_fac":
+        return MMVObjective(m.mmv_temperature, m.mmv_lambda_va, m.mmv_lambda_vt, window_s)
+    return PairObjective(build_loss(m), window_s)
 
 
 def build_loss(m: ModelParams) -> nn.Module:
@@ -343,7 +368,8 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
           items_per_batch: int, epochs: int, lr: float, lr_decay: float,
           init_from: Path | None = None, bn_frozen: bool = False,
           provenance: dict | None = None, stop_after_steps: int | None = None,
-          restart_on_change: bool = False,
+          restart_on_change: bool = False, finetuning: bool = False,
+          init_partial: bool = False,
           on_step: Callable[[dict], None] | None = None,
           timer: Callable[[str], None] | None = None) -> dict:
     """Trains (or resumes) the run in `run_dir`; -> summary. Writes checkpoint.pt (every
@@ -353,7 +379,11 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
 
     items_per_batch: dataset items per global batch (videos for pretraining, clips for
     fine-tuning). bn_frozen: BatchNorm in evaluation mode (frozen statistics, eval pooling),
-    the reference's fine-tuning behaviour. stop_after_steps: stop (after checkpointing) once
+    the reference's fine-tuning behaviour. finetuning: the arch's fine-tuning objective (Tri:
+    MMS(T (A+V))) instead of its pretraining one. init_partial: init_from may be another arch
+    (the audio-video AVLnet under a text model: the low-resource setting); the tensors whose
+    names and shapes match are copied, the rest stay freshly initialised (both listed in the
+    checkpoints' provenance). stop_after_steps: stop (after checkpointing) once
     that many steps ran in this call (tests: a run cut short). A checkpoint in `run_dir` is
     resumed when it was made with the same settings (`epochs` may grow); with other settings
     the run starts over when restart_on_change (the old run's files moved to stale/), else
@@ -373,7 +403,8 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
     np.random.seed(p.seed)
     random.seed(p.seed)
     model = build_model(p.model).to(d.device)
-    loss_fn = build_loss(p.model)
+    objective = build_objective(p.model, finetuning, float(
+        p.window_s if p.model.arch == "avlnet" else p.caption_min_s))
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
                            weight_decay=0.0)
     epoch, step_in_epoch, global_step = 0, 0, 0
@@ -384,7 +415,11 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
             init_state, init_sha = load_checkpoint(init_from)
         except FileNotFoundError:
             raise TrainError(f"{init_from}: not found") from None
-        load_model_state(model, init_state, init_from, to_dict(p.model))
+        if init_partial:      # recorded in the caller's provenance dict (summary, checkpoints)
+            provenance = provenance if provenance is not None else {}
+            provenance["init_partial"] = load_matching(model, init_state, init_from)
+        else:
+            load_model_state(model, init_state, init_from, to_dict(p.model))
     run_key = {"model": to_dict(p.model), "seed": p.seed, "precision": p.precision,
                "items_per_batch": items_per_batch, "lr": lr, "lr_decay": lr_decay,
                "bn_frozen": bn_frozen, "init_sha256": init_sha,
@@ -393,6 +428,11 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
                "data": {k: (provenance or {}).get(k) for k in ("dataset", "split",
                                                                "split_checksum",
                                                                "features_sha256")}}
+    # a text run also rests on its captions and word vectors (an AV run's key stays as it was)
+    text = {k: (provenance or {})[k] for k in ("captions", "word_vectors")
+            if k in (provenance or {})}
+    if text:
+        run_key["text"] = text
     files = RunFiles(run_dir, p.min_free_gb)
     state = files.resume() if d.main else None
     if d.world > 1:
@@ -481,15 +521,16 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
                 mark("data")
                 t0 = time.perf_counter()
                 wait = t0 - t_wait
-                spec, nframes, video = (batch["spec"].to(d.device, non_blocking=True),
-                                        batch["nframes"].to(d.device),
-                                        batch["video"].to(d.device, non_blocking=True))
+                inputs = {k: batch[k].to(d.device, non_blocking=True) for k in model.inputs}
+                meta = {k: _gather(batch[k].to(d.device), d) for k in ("video_index", "start_s")
+                        if k in batch and objective.uses_meta}
                 mark("h2d")
                 with torch.autocast(d.device.type, autocast, enabled=autocast is not None):
-                    a, v = net(spec, nframes, video)
+                    out = net(**inputs)
                     mark("forward")
-                    a, v = _gather(a.float(), d), _gather(v.float(), d)
-                    loss = loss_fn(a, v)
+                    embs = {k: _gather(e.float(), d) for k, e in zip(model.outputs, out)}
+                    terms = objective(embs, meta)
+                    loss = sum(terms.values())
                     mark("loss")
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -502,10 +543,13 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
                 ran += 1
                 t_wait = time.perf_counter()
                 step_s = t_wait - t0 + wait
+                n_clips = int(inputs["spec"].shape[0])
                 last = {"epoch": epoch, "step": global_step, "loss": float(loss.detach()),
-                        "lr": opt.param_groups[0]["lr"], "clips": int(spec.shape[0]) * d.world,
-                        "clips_per_s": spec.shape[0] * d.world / step_s,
+                        "lr": opt.param_groups[0]["lr"], "clips": n_clips * d.world,
+                        "clips_per_s": n_clips * d.world / step_s,
                         "data_wait": wait / step_s}
+                if len(terms) > 1:          # each named term too (style: log every term)
+                    last.update({f"loss_{k}": float(t.detach()) for k, t in terms.items()})
                 if log_file is not None:
                     log_file.write(json.dumps(last) + "\n")
                     log_file.flush()
@@ -612,16 +656,33 @@ def plot_loss(log_path: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def embed(model: AVLnet, loader: DataLoader, device: torch.device
-          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Evaluation-mode embeddings of every item -> (audio (n, D), video (n, D)) on the CPU."""
+def embed(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, torch.Tensor]:
+    """Evaluation-mode embeddings of every item -> name -> (n, D) on the CPU (AVLnet: audio,
+    video; the text models' `embeddings` add theirs)."""
     model.eval()
     model.masked_pooling = None
-    outs_a, outs_v = [], []
+    outs: dict[str, list[torch.Tensor]] = {}
     with torch.inference_mode():
         for b in checked_batches(loader):
-            a, v = model(b["spec"].to(device), b["nframes"].to(device), b["video"].to(device))
-            outs_a.append(a.float().cpu())
-            outs_v.append(v.float().cpu())
-    return torch.cat(outs_a), torch.cat(outs_v)
+            e = model.embeddings(**{k: b[k].to(device) for k in model.inputs})
+            for k, x in e.items():
+                outs.setdefault(k, []).append(x.float().cpu())
+    return {k: torch.cat(x) for k, x in outs.items()}
+
+
+def load_matching(model: nn.Module, state: dict, path: Path) -> dict:
+    """Copies the tensors of state['model'] (or a bare state_dict) whose name and shape match
+    `model`'s; -> {"copied": n, "fresh": [names left as initialised], "ignored": [names of the
+    file unused]}. TrainError when nothing matches (not a model of this family)."""
+    sd = state["model"] if "model" in state else state
+    mine = model.state_dict()
+    take = {k: v for k, v in sd.items() if k in mine and tuple(v.shape) == tuple(mine[k].shape)}
+    if not take:
+        raise TrainError(f"{path}: no tensor fits this model ({state_dict_mismatch(model, sd)})")
+    model.load_state_dict(take, strict=False)
+    fresh = sorted(k for k in mine if k not in take)
+    log.info("initialised %d tensors from %s; %d fresh (%s)", len(take), path, len(fresh),
+             ", ".join(sorted({k.split(".")[0] for k in fresh})) or "none")
+    return {"copied": len(take), "fresh": fresh,
+            "ignored": sorted(k for k in sd if k not in take)}
 
