@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import copy_project
 from tests.test_custom import make_media, own_folder
 from tests.test_dvc_repro import TINY_CLUSTER, TINY_DEMO, TINY_EXTRACT, TINY_FINETUNE, \
-    TINY_TRAIN, _run, _set_params
+    TINY_TEXT, TINY_TRAIN, _run, _set_params
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("git") is None,
                                 reason="needs ffmpeg and git")
@@ -49,6 +49,8 @@ def project(tmp_path_factory, served) -> Path:
         d["extract"].update(TINY_EXTRACT)
         d["train"].update(TINY_TRAIN)
         d["finetune"].update(TINY_FINETUNE)
+        d["text"]["train"].update(TINY_TEXT["train"])
+        d["text"]["finetune"].update(TINY_TEXT["finetune"])
         d["datasets"]["mine"] = "custom"
         # the demo model's backbones: seeded random, so its features are comparable offline
         d["extract"].update(weights_2d="random", weights_3d="random")

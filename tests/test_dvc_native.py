@@ -21,7 +21,7 @@ from pipeline.data.sources import SourceError, Sources
 from stages import sources as sources_stage
 from tests.conftest import ROOT, copy_project
 from tests.test_dvc_repro import (TINY_CLUSTER, TINY_DEMO, TINY_EXTRACT, TINY_FINETUNE,
-                                  TINY_TRAIN, _set_params)
+                                  TINY_TEXT, TINY_TRAIN, _set_params)
 
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
@@ -60,6 +60,8 @@ def _tiny(d: dict) -> None:
     d["extract"].update(TINY_EXTRACT)
     d["train"].update(TINY_TRAIN)
     d["finetune"].update(TINY_FINETUNE)
+    d["text"]["train"].update(TINY_TEXT["train"])
+    d["text"]["finetune"].update(TINY_TEXT["finetune"])
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +110,11 @@ def test_dvc_yaml_declares_inputs_plots_and_headline_metrics():
     assert "data/sources/demo" in st["demo"]["outs"]
     assert [next(iter(m)) for m in st["evaluate"]["do"]["metrics"]] == \
         ["reports/recall/${item}.json"]
+    assert [next(iter(m)) for m in st["evaluate_text"]["do"]["metrics"]] == \
+        ["reports/text/${item}.json"]
     assert [next(iter(p)) for p in dvc["plots"]] == [
-        "reports/recall/curves", "data/models/pretrain/loss.csv", "reports/availability/status"]
+        "reports/recall/curves", "reports/text/curves", "data/models/pretrain/loss.csv",
+        "reports/availability/status"]
 
 
 def test_the_default_remote_is_a_folder_beside_the_project():
@@ -257,7 +262,9 @@ def test_metrics_are_the_headline_numbers_and_details_keep_the_rest(repo):
     metrics = json.loads((repo / "reports/recall/demo.json").read_text())
     assert set(metrics) == HEADLINE
     shown = json.loads(_sh(repo, "dvc", "metrics", "show", "--json").stdout)
-    assert shown[""]["data"] == {"reports/recall/demo.json": {"data": metrics}}
+    text = json.loads((repo / "reports/text/demo.json").read_text())
+    assert shown[""]["data"] == {"reports/recall/demo.json": {"data": metrics},
+                                 "reports/text/demo.json": {"data": text}}
     details = json.loads((repo / "reports/recall/demo/details.json").read_text())
     assert {k: details["metrics"][k] for k in HEADLINE} == metrics
     assert details["metrics"]["fine_tuned/paper/n_queries"] == 2
