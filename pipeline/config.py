@@ -503,6 +503,9 @@ class ModelParams:
                                f"half each), got {self.embed_dim}")
         if self.arch != "avlnet" and self.head != "gating":
             _fail("head", f"{self.arch} has its own heads; leave head: gating")
+        if self.arch != "avlnet" and self.loss != "mms":
+            _fail("loss", f"{self.arch} has its own objective (models/objectives.py); leave "
+                          "loss: mms")
         if (len(self.audio_widths) != 4 or min(self.audio_widths) < 1
                 or max(self.audio_widths) > 16384):
             _fail("audio_widths", f"expected 4 widths within 1..16384, got {self.audio_widths}")
@@ -681,6 +684,10 @@ class Params:
             for name in names:
                 if name not in self.datasets:
                     _fail(key, f"{name!r} is not in `datasets` ({', '.join(self.datasets)})")
+        if self.text.captions and self.text.train.dataset not in self.text.captions:
+            _fail("text.train.dataset", f"{self.text.train.dataset!r} has no caption store: add "
+                                        "it to text.captions (stage captions@ ingests its "
+                                        "caption.json)")
         if self.text.train.model.arch == "avlnet":
             _fail("text.train.model.arch", "a text arch is needed here (avlnet_text_tri, "
                                            "avlnet_text_fused or mmv_fac)")

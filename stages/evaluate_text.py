@@ -14,8 +14,8 @@ log = logging.getLogger("stages.evaluate_text")
 
 @click.command("evaluate_text", help=__doc__, context_settings=CONTEXT)
 @clip_stage_options
-@click.option("--models", type=PATH, default=Path("data/models"), show_default=True,
-              help="pretrain-text/final.pt (zero-shot) and finetune-text-<dataset>/final.pt; "
+@click.option("--models", type=PATH, default=Path("data/text-models"), show_default=True,
+              help="pretrain/final.pt (zero-shot) and finetune-<dataset>/final.pt; "
                    "text.evaluate.checkpoints adds settings, any files")
 @click.option("--out", type=PATH, default=Path("reports/text"), show_default=True,
               help="reports folder: <dataset>.{json,md,png,html} and <dataset>/")
@@ -31,10 +31,11 @@ def cli(**kw) -> int:
         params = load_params(args.params)
         t = params.text
         p = t.evaluate
-        checkpoints = setting_checkpoints(ds, args.models, p.settings, p.checkpoints,
-                                          prefix="text-")
+        checkpoints = setting_checkpoints(ds, args.models, p.settings, p.checkpoints)
         evaluate_text(ds, args.features, args.manifest, checkpoints, args.out,
-                      load_word_vectors(t.word_vectors, t.cache_dir), max_words=t.max_words,
+                      # each checkpoint's word size is checked against the vectors there
+                      load_word_vectors(t.word_vectors, t.cache_dir, expected_dim=None),
+                      max_words=t.max_words,
                       availability=args.manifest / "availability.parquet",
                       videos_root=Path.cwd(),
                       videos_dir=params.media_dirs(ds, Path("data/videos", ds)), batch=p.batch,

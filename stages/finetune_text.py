@@ -14,12 +14,14 @@ log = logging.getLogger("stages.finetune_text")
 
 @click.command("finetune_text", help=__doc__, context_settings=CONTEXT)
 @clip_stage_options
-@click.option("--init", type=PATH, default=Path("data/models/pretrain-text/final.pt"),
-              show_default=True, help="pretrained model: stage train_text's (text.finetune.init "
-                                      "pretrained) or stage train's audio-video AVLnet "
-                                      "(audio_video); ignored with none")
+@click.option("--init", type=PATH, default=Path("data/text-models/pretrain/final.pt"),
+              show_default=True, help="stage train_text's model: the start with "
+                                      "text.finetune.init pretrained")
+@click.option("--init-av", type=PATH, default=Path("data/models/pretrain/final.pt"),
+              show_default=True, help="stage train's audio-video AVLnet: the start with "
+                                      "text.finetune.init audio_video (a fresh text branch)")
 @click.option("--out", type=PATH,
-              help="the model folder  [default: data/models/finetune-text-<dataset>]")
+              help="the model folder  [default: data/text-models/finetune-<dataset>]")
 def cli(**kw) -> int:
     args = fill_clip_defaults(SimpleNamespace(**kw))
     ds = args.dataset
@@ -29,10 +31,11 @@ def cli(**kw) -> int:
         from pipeline.learn.runs import finetune
         from pipeline.text.words import load_word_vectors
         t = load_params(args.params).text
-        words = load_word_vectors(t.word_vectors, t.cache_dir)
+        words = load_word_vectors(t.word_vectors, t.cache_dir, t.train.model.word_dim)
         s = finetune(ds, args.features, args.manifest,
-                     None if t.finetune.init == "none" else args.init,
-                     args.out or Path("data/models", f"finetune-text-{ds}"), t.train,
+                     {"none": None, "pretrained": args.init,
+                      "audio_video": args.init_av}[t.finetune.init],
+                     args.out or Path("data/text-models", f"finetune-{ds}"), t.train,
                      t.finetune, words, t.max_words)
         log.info("%s: %d steps, last loss %.4f", ds, s["steps"], s.get("loss", float("nan")))
         return 0

@@ -20,7 +20,7 @@ log = logging.getLogger("stages.train_text")
               help="manifest folder  [default: manifests/<text.train.dataset>]")
 @click.option("--captions", type=PATH,
               help="caption store (stage captions@)  [default: data/captions/<dataset>]")
-@click.option("--out", type=PATH, default=Path("data/models/pretrain-text"), show_default=True,
+@click.option("--out", type=PATH, default=Path("data/text-models/pretrain"), show_default=True,
               help="model folder: checkpoints (a killed run resumes from the last), final.pt")
 def cli(**kw) -> int:
     args = SimpleNamespace(**kw)
@@ -33,7 +33,7 @@ def cli(**kw) -> int:
         t = params.text
         ds = t.train.dataset
         params.kind(ds)                      # configured in `datasets` (ParamsError if not)
-        words = load_word_vectors(t.word_vectors, t.cache_dir)
+        words = load_word_vectors(t.word_vectors, t.cache_dir, t.train.model.word_dim)
         s = pretrain_text(ds, args.features or Path("data/features", ds),
                           args.manifest or Path("manifests", ds),
                           args.captions or Path("data/captions", ds), words, args.out,

@@ -251,3 +251,13 @@ def test_audio_video_checkpoint_under_a_fused_model_copies_what_fits():
     assert {k.split(".")[0] for k in got["fresh"]} == {
         "DAVEnet_projection", "text_pooling_caption", "GU_audio_text"}
     assert got["copied"] == len(mine) - len(got["fresh"])
+
+
+def test_an_avlnet_runs_resume_key_is_what_it_was_before_the_text_archs():
+    """Runs started before `arch` and the text fields existed still resume: an AVLnet's key
+    holds exactly the eight model settings it held then; a text arch's holds its own too."""
+    from pipeline.learn.train import model_key
+    assert set(model_key(ModelParams())) == {
+        "embed_dim", "head", "audio_widths", "loss", "mms_margin", "ranking_margin",
+        "temperature", "video_norm"}
+    assert {"arch", "word_dim", "mmv_va_dim"} <= set(model_key(ModelParams(arch="mmv_fac")))

@@ -86,11 +86,13 @@ def clone(repo) -> Path:
 
 
 def _data_files(root: Path) -> dict[str, str]:
-    """sha256 of every file under root/data (what DVC tracks: not the writer locks or stale/)."""
+    """sha256 of every file under root/data (what DVC tracks: not the writer locks, stale/, or
+    data/weights/, the caches a stage writes on first use: the word vectors' there)."""
     out = {}
     for p in sorted((root / "data").rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if p.is_file() and p.name != ".avl-writer.lock" and "/stale/" not in rel:
+        if p.is_file() and p.name != ".avl-writer.lock" and "/stale/" not in rel \
+                and not rel.startswith("data/weights/"):
             out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 

@@ -122,7 +122,7 @@ def test_cmd_paths_are_declared_and_params_exist(name):
     cmd = shlex.split(st["cmd"])
     for flag, value in zip(cmd, cmd[1:]):
         if flag in ("--out", "--source-spec", "--manifest", "--manifests", "--videos", "--ledger",
-                    "--availability", "--features", "--init", "--models", "--source",
+                    "--availability", "--features", "--init", "--init-av", "--models", "--source",
                     "--captions"):
             assert any(d == value or d.startswith(value.rstrip("/") + "/") for d in declared), (
                 f"{name}: {flag} {value} is neither a dep nor an out")

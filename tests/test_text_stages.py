@@ -79,10 +79,10 @@ def test_captions_train_finetune_evaluate(project, caplog):
     assert summary["provenance"]["init_kind"] == "pretrained"
     assert summary["provenance"]["clips_without_text"] == 0
     models = root / "models"
-    (models / "pretrain-text").mkdir(parents=True)
-    (models / "finetune-text-demo").mkdir(parents=True)
-    for src, dst in ((root / "pre", models / "pretrain-text"),
-                     (root / "ft", models / "finetune-text-demo")):
+    (models / "pretrain").mkdir(parents=True)
+    (models / "finetune-demo").mkdir(parents=True)
+    for src, dst in ((root / "pre", models / "pretrain"),
+                     (root / "ft", models / "finetune-demo")):
         for f in ("final.pt", "checksums.json"):
             (dst / f).write_bytes((src / f).read_bytes())
     out = root / "reports"
@@ -112,13 +112,19 @@ def test_low_resource_setting_from_an_audio_video_checkpoint(project):
     p["text"]["finetune"]["init"] = "audio_video"
     (root / "fused.yaml").write_text(yaml.safe_dump(p))
     from stages.finetune_text import main
-    assert main(["--params", str(root / "fused.yaml"), "--dataset", "demo", "--features",
-                 str(root / "features"), "--manifest", str(root / "manifest"), "--init",
-                 str(root / "av" / "final.pt"), "--out", str(root / "lowres")]) == 0
+    argv = ["--params", str(root / "fused.yaml"), "--dataset", "demo", "--features",
+            str(root / "features"), "--manifest", str(root / "manifest"), "--init",
+            str(root / "pre" / "final.pt"), "--init-av", str(root / "av" / "final.pt")]
+    assert main([*argv, "--out", str(root / "lowres")]) == 0
     prov = json.loads((root / "lowres" / "summary.json").read_text())["provenance"]
     assert prov["init_kind"] == "audio_video"
     fresh = {k.split(".")[0] for k in prov["init_partial"]["fresh"]}
     assert fresh == {"DAVEnet_projection", "text_pooling_caption", "GU_audio_text"}
+    assert prov["init"] == str(root / "av" / "final.pt")     # --init-av, not train_text's model
+    # a text model given where the audio-video AVLnet belongs: one line, nothing trained
+    bad = argv[:-1] + [str(root / "pre" / "final.pt")]
+    assert main([*bad, "--out", str(root / "lowres-bad")]) == 2
+    assert not (root / "lowres-bad" / "final.pt").exists()
 
 
 def test_bad_inputs_are_one_line_errors(project, tmp_path, caplog):

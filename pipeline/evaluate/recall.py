@@ -80,15 +80,13 @@ def load_model(path: Path, device: torch.device) -> ModelFile:
 
 
 def setting_checkpoints(dataset: str, models: Path, settings: list[str],
-                        files: dict[str, str], prefix: str = "") -> dict[str, Path]:
+                        files: dict[str, str]) -> dict[str, Path]:
     """Setting -> checkpoint: zero_shot is models/pretrain/final.pt, fine_tuned
     models/finetune-<dataset>/final.pt, then each of evaluate.checkpoints (`files`, paths from
-    the project root); prefix "text-": pretrain-text/ and finetune-text-<dataset>/ (the text
-    stages'). A file outside `models` (the stage's DVC dependency) is tracked by DVC
+    the project root; the text stages' folder is data/text-models). A file outside `models` (the stage's DVC dependency) is tracked by DVC
     through its path only (the param): a warning says so."""
-    where = {"zero_shot": models / f"pretrain{'-' + prefix.rstrip('-') if prefix else ''}"
-                          / "final.pt",
-             "fine_tuned": models / f"finetune-{prefix}{dataset}" / "final.pt"}
+    where = {"zero_shot": models / "pretrain" / "final.pt",
+             "fine_tuned": models / f"finetune-{dataset}" / "final.pt"}
     out = {s: where[s] for s in settings}
     for name, file in files.items():
         path = Path(file)

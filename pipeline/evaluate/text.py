@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader
 
 from pipeline.data.manifest import write_json_atomic
 from pipeline.evaluate.metrics import KS, chance, metrics_of, ranks_from_embeddings
-from pipeline.evaluate.recall import _curve, _frame, _page, _plot_curves, _write_text_atomic, \
-    prepare, setting_result, write_curves
+from pipeline.evaluate.recall import EvaluateError, _curve, _frame, _page, _plot_curves, \
+    _write_text_atomic, prepare, setting_result, write_curves
 from pipeline.learn.runs import caption_texts, collate_clips
 from pipeline.learn.textdata import TextClips
 from pipeline.learn.train import embed
@@ -116,6 +116,12 @@ def evaluate_text(dataset: str, features: Path, manifest_dir: Path,
                  availability=availability, videos_root=videos_root, videos_dir=videos_dir,
                  device=device, clip_frames=clip_frames, allow_missing=allow_missing,
                  verify=verify)
+    for s, mf in pp.models.items():
+        if mf.config.get("word_dim", words.dim) != words.dim:
+            raise EvaluateError(f"{pp.present[s]}: its text branch takes "
+                                f"{mf.config['word_dim']}-d word vectors, {words.source} has "
+                                f"{words.dim}-d ones; use the word vectors it was trained with "
+                                "(text.word_vectors)")
     n = len(pp.clips)
     ds = TextClips(pp.ds, caption_texts(manifest_dir, pp.split), words, train=False,
                    max_words=max_words)

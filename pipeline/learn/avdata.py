@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from models.avlnet import video_input
 from pipeline.learn.sampling import CLIP_FRAMES, WINDOW_FRAMES, draw_starts, pad_or_crop, window
 from pipeline.features.store import FeatureStore, StoreError
+from pipeline.safety import UserError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def read_item(store: FeatureStore, video_id: str, fn: Callable[[], T]) -> T:
     naming the video's shard, so the stage stops with one line, not a traceback."""
     try:
         return fn()
-    except StoreError:
+    except (StoreError, UserError):     # a caption store's or word vectors' own message
         raise
     except Exception as e:  # noqa: BLE001 - the item boundary: a failed read is the shard's
         shard = (store.info(video_id).get("shard") or "?") if video_id in store else "?"

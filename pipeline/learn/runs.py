@@ -113,7 +113,7 @@ def pretrain_text(dataset: str, features: Path, manifest_dir: Path, captions: Pa
     verify_features(store, ds.ids)
     prov = provenance(dataset, split, store, manifest_dir, videos=len(ds.ids),
                       videos_missing=len(listed) - len(ds.ids), videos_skipped=ds.skipped,
-                      captions_dropped=ds.dropped_captions, features_sha256=store.digest(ds.ids),
+                      max_words=max_words, features_sha256=store.digest(ds.ids),
                       captions=_caption_source(caps), word_vectors=words.identity())
     with writer_lock(out, f"train_text ({dataset})"):
         summary = train(out, ds, collate_videos, p, items_per_batch=p.videos_per_batch,
@@ -174,8 +174,8 @@ def finetune(dataset: str, features: Path, manifest_dir: Path, init: Path | None
         ds = TextClips(clips, caption_texts(manifest_dir, split), words, train=True,
                        seed=tp.seed + 1, max_words=max_words)
     if init is not None and not init.is_file():
-        raise TrainError(f"{init} not found: run its stage first (`dvc repro "
-                         f"{'train_text' if text else 'train'}`), or set "
+        needed = "train" if not text or p.init == "audio_video" else "train_text"
+        raise TrainError(f"{init} not found: run its stage first (`dvc repro {needed}`), or set "
                          f"{'text.' if text else ''}finetune.init: none to train from scratch")
     batch = min(p.batch, len(ds))
     if batch < 2:
@@ -185,7 +185,7 @@ def finetune(dataset: str, features: Path, manifest_dir: Path, init: Path | None
                     dataset, len(ds), p.batch, batch)
     verify_features(store, {c.video_id for c in clips.clips})
     extra = ({"clips_without_text": ds.no_text, "init_kind": p.init,
-              "word_vectors": words.identity()} if text else {})
+              "word_vectors": words.identity(), "max_words": max_words} if text else {})
     prov = provenance(dataset, split, store, manifest_dir, clips=len(ds),
                       clips_missing=len(clips.missing), init=str(init) if init else None,
                       bn_mode=p.bn_mode, **extra,

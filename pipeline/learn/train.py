@@ -72,6 +72,29 @@ def build_model(m: ModelParams) -> nn.Module:
     return AVLnet(m.embed_dim, m.head, widths, m.video_norm)
 
 
+# ModelParams fields only the text archs use: left out of an AVLnet run's resume key, so runs
+# started before these fields existed still resume
+TEXT_ONLY = ("arch", "word_dim", "mmv_va_dim", "mmv_vat_dim", "mmv_temperature", "mmv_lambda_va",
+             "mmv_lambda_vt")
+
+
+def model_key(m: ModelParams) -> dict:
+    """The model settings a run's resume key holds."""
+    d = to_dict(m)
+    return {k: v for k, v in d.items() if m.arch != "avlnet" or k not in TEXT_ONLY}
+
+
+def _check_audio_video(state: dict, path: Path) -> None:
+    """TrainError unless `state` is an audio-video AVLnet (the low-resource setting's start)."""
+    arch = (state.get("config") or {}).get("arch", "avlnet")
+    sd = state["model"] if "model" in state else state
+    if arch != "avlnet" or any(k.startswith(("text_", "GU_text", "GU_audio_text"))
+                               for k in sd):
+        raise TrainError(f"{path}: not an audio-video AVLnet (it has a text branch); "
+                         "text.finetune.init audio_video starts from stage train's model "
+                         "(data/models/pretrain/final.pt)")
+
+
 def build_objective(m: ModelParams, finetuning: bool = False, window_s: float = 10.0
                     ) -> nn.Module:
     """Embeddings -> named loss terms (models/objectives.py) for `m.arch` in pretraining or
@@ -416,11 +439,12 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
         except FileNotFoundError:
             raise TrainError(f"{init_from}: not found") from None
         if init_partial:      # recorded in the caller's provenance dict (summary, checkpoints)
+            _check_audio_video(init_state, init_from)
             provenance = provenance if provenance is not None else {}
             provenance["init_partial"] = load_matching(model, init_state, init_from)
         else:
             load_model_state(model, init_state, init_from, to_dict(p.model))
-    run_key = {"model": to_dict(p.model), "seed": p.seed, "precision": p.precision,
+    run_key = {"model": model_key(p.model), "seed": p.seed, "precision": p.precision,
                "items_per_batch": items_per_batch, "lr": lr, "lr_decay": lr_decay,
                "bn_frozen": bn_frozen, "init_sha256": init_sha,
                "dataset_items": len(dataset),
@@ -428,11 +452,17 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
                "data": {k: (provenance or {}).get(k) for k in ("dataset", "split",
                                                                "split_checksum",
                                                                "features_sha256")}}
-    # a text run also rests on its captions and word vectors (an AV run's key stays as it was)
-    text = {k: (provenance or {})[k] for k in ("captions", "word_vectors")
+    # a text run also rests on its captions, word vectors and clip settings (an AV run's key
+    # stays as it was before the text archs existed: its checkpoints resume)
+    text = {k: (provenance or {})[k] for k in ("captions", "word_vectors", "max_words")
             if k in (provenance or {})}
+    if p.model.arch != "avlnet" and not finetuning:
+        text.update(caption_min_s=p.caption_min_s, caption_frames=p.caption_frames,
+                    clips_per_video=p.clips_per_video)
     if text:
         run_key["text"] = text
+    if init_partial:
+        run_key["init_partial"] = True
     files = RunFiles(run_dir, p.min_free_gb)
     state = files.resume() if d.main else None
     if d.world > 1:
