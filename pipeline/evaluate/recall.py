@@ -381,17 +381,21 @@ def _frame(video_path: Path | None, t: float) -> str | None:
     return base64.b64encode(out).decode() if out else None
 
 
+def media_paths(ledger: pa.Table | None, videos_root: Path | None) -> dict[str, Path]:
+    """video_id -> its media file from the ledger (for the examples pages' frames)."""
+    if ledger is None:
+        return {}
+    return {r["video_id"]: (videos_root or Path(".")) / r["path"]
+            for r in ledger.select(["video_id", "path"]).to_pylist() if r["path"]}
+
+
 def _examples(setting: str, ds: AnnotatedClips, a: torch.Tensor, v: torch.Tensor, n: int,
               ledger: pa.Table | None, videos_root: Path | None) -> str:
     """A->V examples: the query's spectrogram and its top-5 clips' centre frames."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    paths = {}
-    if ledger is not None:
-        for r in ledger.select(["video_id", "path"]).to_pylist():
-            if r["path"]:
-                paths[r["video_id"]] = (videos_root or Path(".")) / r["path"]
+    paths = media_paths(ledger, videos_root)
     picks = np.linspace(0, len(ds) - 1, num=min(n, len(ds))).round().astype(int)
     parts = [f"<h2>{html.escape(setting)}: audio query -> top-5 video clips</h2>"]
     for q in picks:

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from pipeline.data.manifest import write_json_atomic
 from pipeline.evaluate.metrics import KS, chance, metrics_of, ranks_from_embeddings
 from pipeline.evaluate.recall import EvaluateError, _curve, _frame, _page, _plot_curves, \
-    _write_text_atomic, prepare, setting_result, write_curves
+    _write_text_atomic, media_paths, prepare, setting_result, write_curves
 from pipeline.learn.runs import caption_texts, collate_clips
 from pipeline.learn.textdata import TextClips
 from pipeline.learn.train import embed
@@ -207,11 +207,7 @@ def markdown(dataset: str, results: dict, prov: dict) -> str:
 def _text_examples(setting: str, ds: TextClips, q: torch.Tensor, c: torch.Tensor, n: int,
                    ledger, videos_root: Path | None) -> str:
     """T->V examples: the query caption and its top-5 clips' centre frames."""
-    paths = {}
-    if ledger is not None:
-        for r in ledger.select(["video_id", "path"]).to_pylist():
-            if r["path"]:
-                paths[r["video_id"]] = (videos_root or Path(".")) / r["path"]
+    paths = media_paths(ledger, videos_root)
     clips = ds.clips.clips
     picks = np.linspace(0, len(ds) - 1, num=min(n, len(ds))).round().astype(int)
     parts = [f"<h2>{html.escape(setting)}: text query -> top-5 video clips (T->V)</h2>"]

@@ -88,7 +88,28 @@ def audio_window(store: FeatureStore, video_id: str, start: int, length: int
     return out, spec.shape[1]
 
 
-class PretrainVideos(Dataset):
+class VideoItems(Dataset):
+    """Base of the datasets whose item is one video of `self.ids` (self._item(i) builds it):
+    the epoch the items are seeded by, and reads wrapped by read_item."""
+
+    ids: list[str]
+    store: FeatureStore
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        return read_item(self.store, self.ids[i], lambda: self._item(i))
+
+    def _item(self, i: int) -> dict:
+        raise NotImplementedError
+
+
+class PretrainVideos(VideoItems):
     """One item = one video: M random 10 s windows at whole-second starts (avlnet.md).
 
     -> {'spec': (M, 40, F) float32, 'nframes': (M,) int64, 'video': (M, 4096) float32
@@ -99,15 +120,6 @@ class PretrainVideos(Dataset):
         self.store, self.ids = store, list(video_ids)
         self.m, self.seed, self.window_frames = clips_per_video, seed, window_frames
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict:
-        return read_item(self.store, self.ids[i], lambda: self._item(i))
 
     def starts(self, i: int) -> tuple[int, np.ndarray]:
         """Item i's (log-Mel frames, M window starts) in this epoch: seeded per (seed, epoch,

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from models.avlnet import video_input
 from pipeline.features.store import FeatureStore
-from pipeline.learn.avdata import AnnotatedClips, collate_videos, pooled_rows, read_item
+from pipeline.learn.avdata import AnnotatedClips, VideoItems, collate_videos, pooled_rows
 from pipeline.learn.sampling import (HOP, RATE, ROWS_PER_S_2D, ROWS_PER_S_3D, Window,
                                      pad_or_crop)
 
@@ -117,7 +117,7 @@ def usable_captions(starts: np.ndarray, total_frames: int) -> np.ndarray:
     return np.maximum(0, (samples - N_FFT // 2) // HOP) < total_frames
 
 
-class CaptionClips(Dataset):
+class CaptionClips(VideoItems):
     """One item = one video: M caption clips (caption drawn uniformly with replacement among
     the video's usable captions, merged to >= min_time s).
 
@@ -184,15 +184,6 @@ class CaptionClips(Dataset):
         if kept == 0:
             return "captions_outside_features", 0
         return None, len(starts) - kept
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict:
-        return read_item(self.store, self.ids[i], lambda: self._item(i))
 
     def clips(self, i: int) -> tuple[int, list[tuple[float, float, list[str]]]]:
         """Item i's (spectrogram frames, M merged clips (start s, end s, texts in merge
