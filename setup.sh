@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Sets up a fresh machine: system tools (ffmpeg, espeak-ng) via apt when missing, then the
-# Python venv in .venv from the pinned requirements, and the project installed in it (editable:
-# the `avl` command). Re-runs reuse the venv and skip installs whose requirement files and
-# pyproject.toml have not changed. Usage: bash setup.sh [--test]
+# Sets up a fresh machine: system tools (ffmpeg, espeak-ng; with --test also chromium, for the
+# report pages' browser test) via apt when missing, then the Python venv in .venv from the
+# pinned requirements, and the project installed in it (editable: the `avl` command). Re-runs
+# reuse the venv and skip installs whose requirement files and pyproject.toml have not changed.
+# Usage: bash setup.sh [--test]
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -11,7 +12,9 @@ want_test=0
 
 # --- system tools ------------------------------------------------------------------------
 missing=()
-for tool in ffmpeg ffprobe espeak-ng git; do
+tools=(ffmpeg ffprobe espeak-ng git)
+[ $want_test -eq 1 ] && tools+=(chromium)       # tests/test_pages_browser.py renders pages
+for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -20,7 +23,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   if ! command -v apt-get >/dev/null 2>&1; then
     echo "setup: ${missing[*]} missing and no apt-get here; install them with your package" \
-         "manager (Debian/Ubuntu packages: ffmpeg espeak-ng git)" >&2
+         "manager (Debian/Ubuntu packages: ffmpeg espeak-ng git; for --test chromium)" >&2
     exit 1
   fi
   pkgs=()

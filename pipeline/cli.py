@@ -44,6 +44,18 @@ COMMANDS = {
                                                      "annotated clips and captions."),
     "evaluate_text": Command("stages.evaluate_text", "Text retrieval tables (T->V, T+A->V, "
                                                      "...) for each text model setting."),
+    "index": Command("stages.index", "Embed a dataset's clips or windows with one checkpoint "
+                                     "into a search index (data/search/<dataset>)."),
+    "search": Command("stages.search", "Search an index by voice (audio file or clip) or "
+                                       "text, without transcribing."),
+    "spoken": Command("stages.spoken", "Spoken-concept check: espeak-ng queries of the "
+                                       "concept names, rank-1 hit rate."),
+    "speech": Command("stages.speech", "Which clips carry speech (silero-vad, optional ASR) "
+                                       "and the Sounds-N / Speech-N evaluation sets."),
+    "speech_recall": Command("stages.speech_recall", "Recall on the Sounds and Speech sets "
+                                                     "beside the paper's Table 4."),
+    "concepts": Command("stages.concepts", "Concept discovery: label embedding dimensions by "
+                                           "their top audio steps' words and top clips' labels."),
     "audit": Command("stages.audit", "Availability reports of every dataset, compared with "
                                      "the last audit."),
 }

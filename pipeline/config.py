@@ -163,7 +163,14 @@ class DemoParams:
                                    "WIDTHxHEIGHT choices, one drawn per video")
     fps: int = param(30, "video frame rate, frames per second", ge=1, le=120)
     speech: bool = param(True, "speak each concept's name with espeak-ng over its sound")
-    noise_level: float = param(0.05, "background noise amplitude (full scale = 1)", ge=0.0, le=1.0)
+    spoken_fraction: float = param(
+        0.6, "share of the segments whose name is spoken (with speech: true); the others carry "
+             "their sound only, like clips without narration (the Sounds subsets of stage "
+             "speech@demo). Drawn per segment, seeded", ge=0.0, le=1.0)
+    speech_only_fraction: float = param(
+        0.25, "share of the segments narrated without their sound (at most spoken_fraction): "
+              "the name alone must then tell the concept, as in spoken search", ge=0.0, le=1.0)
+    noise_level: float = param(0.03, "background noise amplitude (full scale = 1)", ge=0.0, le=1.0)
     workers: int = param(2, "parallel ffmpeg encoders", ge=1, le=64)
 
     def __post_init__(self) -> None:
@@ -171,6 +178,8 @@ class DemoParams:
             _fail("min_duration_s", f"must be <= max_duration_s ({self.max_duration_s})")
         if self.n_val >= self.n_videos:
             _fail("n_val", f"must be < n_videos ({self.n_videos})")
+        if self.speech_only_fraction > self.spoken_fraction:
+            _fail("speech_only_fraction", f"must be <= spoken_fraction ({self.spoken_fraction})")
         for i, s in enumerate(self.frame_sizes):
             w, _, h = s.partition("x")
             if not (w.isdigit() and h.isdigit() and 64 <= int(w) <= 3840 and 64 <= int(h) <= 2160
@@ -619,6 +628,53 @@ class EvaluateParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class SearchParams:
+    """Spoken-query search: stage index@<dataset> (the index), stage spoken@<dataset> (the
+    spoken-concept check) and `avl search` (queries)."""
+
+    datasets: list[str] = param(["demo"], "datasets indexed (index@, spoken@), by name (each "
+                                          "needs its features and the checkpoint)")
+    setting: str = param("fine_tuned", "checkpoint embedded: zero_shot (<models>/pretrain/"
+                                       "final.pt), fine_tuned (<models>/finetune-<dataset>/"
+                                       "final.pt) or a file from the project root; <models> is "
+                                       "stage index's --models (data/models; data/text-models "
+                                       "for a text model, which adds --text queries)")
+    units: Literal["clips", "windows"] = param("clips", "items indexed: the annotated clips, or "
+                                                        "sliding windows over every video")
+    splits: list[str] = param([], "splits whose clips (windows: videos) are indexed; empty: all")
+    window_s: float = param(5.0, "windows: length, seconds", gt=0, le=3600)
+    hop_s: float = param(2.5, "windows: step between window starts, seconds", gt=0, le=3600)
+    batch: int = param(64, "items embedded per forward", ge=1, le=65536)
+    device: Literal["auto", "cpu", "cuda"] = param("auto", "CUDA when present, else the CPU")
+    verify: Literal["sha256", "size"] = param("sha256", "how the feature shards are checked "
+                                                        "before reading them")
+    ann: Literal["auto", "exact", "ivf"] = param("auto", "vector index: exact (faiss flat), ivf "
+                                                         "(approximate), auto: exact up to "
+                                                         "exact_max items")
+    exact_max: int = param(50_000, "most items an auto index searches exactly", ge=1,
+                           le=INT_MAX)
+    seed: int = param(0, "seed of the ivf index's k-means and calibration", ge=0, le=INT_MAX)
+    threads: int = param(0, "faiss threads while building; 0 = faiss's default", ge=0, le=1024)
+    top: int = param(10, "results per query of spoken@ (its page and first-hit rank)", ge=1,
+                     le=1000)
+    voice: str = param("en-gb", "espeak-ng voice of spoken@'s queries; the demo's videos speak "
+                                "en-us voices, so another accent tests unseen speech")
+    speed: int = param(160, "espeak-ng words per minute of spoken@'s queries", ge=80, le=450)
+    words: list[str] = param([], "words spoken@ checks; empty: the demo's concept names "
+                                 "(pipeline/data/demo.py CONCEPTS[:demo.n_concepts])")
+
+    def __post_init__(self) -> None:
+        if self.hop_s > self.window_s:
+            _fail("hop_s", f"{self.hop_s} s is longer than window_s ({self.window_s} s): the "
+                           "windows would leave gaps; make hop_s <= window_s")
+        if not self.voice.strip():
+            _fail("voice", "empty; give an espeak-ng voice (espeak-ng --voices lists them)")
+        for w in self.words:
+            if not w.strip():
+                _fail("words", "holds an empty word")
+
+
+@dataclasses.dataclass(frozen=True)
 class TextParams:
     """AVLnet-Text (extensions.md §1): word vectors, ASR captions, and the text model's train,
     finetune and evaluate settings (stages captions@, train_text, finetune_text@,
@@ -643,6 +699,87 @@ class TextParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class SpeechParams:
+    """Stage speech@<dataset> (which clips carry speech; the Sounds-N / Speech-N sets) and
+    speech_recall@<dataset> (their recall tables, AVLnet Table 4)."""
+
+    datasets: list[str] = param(["demo"], "datasets analysed, by name (each needs its "
+                                          "downloaded media)")
+    splits: list[str] = param([], "the splits whose clips are analysed ([]: all); the sets "
+                                  "come from the evaluation split")
+    threshold: float = param(0.5, "silero-vad speech probability threshold (its default 0.5)",
+                             ge=0.01, le=0.99)
+    min_speech_ms: int = param(100, "shortest speech segment kept, ms (silero's default: 250; "
+                                    "one-syllable words are shorter)", ge=0, le=60000)
+    min_silence_ms: int = param(100, "silence that ends a speech segment, ms", ge=0, le=60000)
+    speech_pad_ms: int = param(30, "padding added to each side of a speech segment, ms",
+                               ge=0, le=5000)
+    min_clip_speech_s: float = param(0.1, "a clip has speech from this many seconds of "
+                                           "detected speech on (without ASR)", ge=0.0, le=60.0)
+    asr: Literal["none", "whisper"] = param(
+        "none", "ASR backend for word counts and timings: whisper (pip install openai-whisper; "
+                "needs internet once for its weights) or none (the voice activity detector "
+                "alone). With ASR a clip has speech when it holds a word, as the paper")
+    asr_model: str = param("base.en", "the ASR backend's model name")
+    n: int = param(0, "clips per set: 0 = every clip without speech (the paper's Sounds-241), "
+                      "and as many with speech", ge=0, le=10_000_000)
+    seed: int = param(0, "seed of the Speech-N draw", ge=0)
+    truth: dict[str, str] = param({"demo": "data/demo/words.parquet"}, "dataset -> a word-timings parquet (video_id, start_s, "
+                                      "end_s, word) to score the detector against (the demo's "
+                                      "data/demo/words.parquet)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConceptsParams:
+    """Stage concepts@<dataset>: audio-visual concept discovery (extensions.md §3)."""
+
+    words_files: dict[str, str] = param(
+        {"demo": "data/demo/words.parquet"}, "the datasets analysed: dataset -> its word timings parquet (video_id, start_s, "
+            "end_s, word): the demo generator's data/demo/words.parquet, or stage speech@'s "
+            "data/speech/<dataset>/words.parquet (written with analysis.speech.asr)")
+    setting: str = param("fine_tuned", "the model analysed: zero_shot (stage train's), "
+                                       "fine_tuned (finetune@<dataset>'s) or a checkpoint path "
+                                       "from the project root (an audio-video AVLnet)")
+    split: str = param("eval", "clips analysed: eval (the dataset's evaluation split), all, or "
+                               "a split name of clips.parquet")
+    top: int = param(50, "top-activating audio steps and clips per dimension (paper: 50)",
+                     ge=1, le=100000)
+    show: int = param(10, "top dimensions shown in the html page", ge=0, le=1000)
+    threshold: float = param(0.5, "purity both labels must exceed for a dimension to count "
+                                  "(dims_both_above, concepts_found)", ge=0.0, le=1.0)
+    window_s: float = param(2.0, "an audio step is labelled with the words within +- this many "
+                                 "seconds of its centre (paper: 2)", ge=0.0, le=60.0)
+    stop_words: list[str] = param(
+        ["the", "a", "an", "and", "to", "of", "in", "it", "is", "this", "that", "now", "okay",
+         "ok", "so", "um", "uh", "you", "we", "i"], "words never used as an audio label "
+                                                    "(lower case)")
+    vocabulary: dict[str, list[str]] = param(
+        {}, "dataset -> visual label words found in each clip's caption (e.g. YouCook2's food "
+            "names); the demo defaults to its concept names")
+    labels_files: dict[str, str] = param({}, "dataset -> parquet of clip_id, label (one row per "
+                                             "label), used instead of the vocabulary")
+    batch: int = param(32, "clips embedded per forward", ge=1, le=65536)
+    device: Literal["auto", "cpu", "cuda"] = param("auto", "CUDA when present, else the CPU")
+    verify: Literal["sha256", "size"] = param("sha256", "how the feature shards are checked "
+                                                        "before reading them")
+
+    def __post_init__(self) -> None:
+        if not self.setting.strip():
+            _fail("setting", "empty; give zero_shot, fine_tuned or a checkpoint path")
+        if not self.split.strip():
+            _fail("split", "empty; give eval, all or a split name")
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisParams:
+    """Analyses of a trained model (AVLnet Table 4 and Sec. 4)."""
+
+    speech: SpeechParams = param(SpeechParams(), "speech vs sounds (stages speech@, "
+                                                 "speech_recall@)")
+    concepts: ConceptsParams = param(ConceptsParams(), "concept discovery (stage concepts@)")
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     """The whole params.yaml."""
 
@@ -658,6 +795,9 @@ class Params:
     finetune: FinetuneParams = param(FinetuneParams(), "fine-tuning stage")
     evaluate: EvaluateParams = param(EvaluateParams(), "evaluation stage")
     text: TextParams = param(TextParams(), "AVLnet-Text stages")
+    analysis: AnalysisParams = param(AnalysisParams(), "analyses of the trained models")
+    search: SearchParams = param(SearchParams(), "spoken-query search (index@, spoken@, "
+                                                 "avl search)")
 
     def __post_init__(self) -> None:
         for name, kind in self.datasets.items():
@@ -673,14 +813,18 @@ class Params:
             if kind in OWN_KINDS and name in DATASETS:
                 _fail(f"datasets.{name}", f"{name!r} is a built-in dataset's name; choose "
                                           "another for a " + kind + " dataset")
-        for key in ("finetune", "evaluate"):
+        for key in ("finetune", "evaluate", "search"):
             for name in getattr(self, key).datasets:
                 if name not in self.datasets:
                     _fail(f"{key}.datasets", f"{name!r} is not in `datasets` "
                                              f"({', '.join(self.datasets)})")
         for key, names in (("text.finetune.datasets", self.text.finetune.datasets),
                            ("text.evaluate.datasets", self.text.evaluate.datasets),
-                           ("text.captions", self.text.captions)):
+                           ("text.captions", self.text.captions),
+                           ("analysis.speech.datasets", self.analysis.speech.datasets),
+                           ("analysis.speech.truth", list(self.analysis.speech.truth)),
+                           ("analysis.concepts.words_files",
+                            list(self.analysis.concepts.words_files))):
             for name in names:
                 if name not in self.datasets:
                     _fail(key, f"{name!r} is not in `datasets` ({', '.join(self.datasets)})")

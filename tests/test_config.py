@@ -15,8 +15,8 @@ def test_shipped_params_load_and_match_defaults():
     p = load_params(ROOT / "params.yaml")
     assert p.datasets == {"demo": "demo"}
     # params.yaml spells out every key, so the file documents the full configuration; its values
-    # are the defaults except train / finetune, a small configuration for the CPU demo (the
-    # defaults there are the paper's)
+    # are the defaults except train / finetune / text / analysis, a small configuration for the
+    # CPU demo (the defaults there are the paper's)
     shipped, defaults = to_dict(p), to_dict(Params())
 
     def keys(d, prefix=""):
@@ -24,7 +24,7 @@ def test_shipped_params_load_and_match_defaults():
                                           for x in keys(v, f"{prefix}{k}.")}
 
     assert keys(yaml.safe_load((ROOT / "params.yaml").read_text())) == keys(defaults)
-    small = ("train", "finetune", "text")
+    small = ("train", "finetune", "text", "analysis")
     assert {k: v for k, v in shipped.items() if k not in small} == \
         {k: v for k, v in defaults.items() if k not in small}
     assert defaults["train"]["model"]["embed_dim"] == 4096 and defaults["finetune"]["batch"] == 256

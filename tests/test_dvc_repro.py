@@ -66,7 +66,8 @@ def test_repro_runs_the_whole_demo(project):
     out = _run(project, "dvc", "repro")
     for stage in ("demo", "manifest@demo", "download@demo", "audit", "extract@demo", "train",
                   "finetune@demo", "evaluate@demo", "captions@demo", "train_text",
-                  "finetune_text@demo", "evaluate_text@demo"):
+                  "finetune_text@demo", "evaluate_text@demo", "speech@demo",
+                  "speech_recall@demo", "concepts@demo", "index@demo", "spoken@demo"):
         assert f"Running stage '{stage}'" in out
     videos = pq.read_table(project / "manifests/demo/videos.parquet").to_pylist()
     assert len(videos) == 4
@@ -99,6 +100,13 @@ def test_repro_runs_the_whole_demo(project):
         assert (project / f"reports/recall/demo.{ext}").is_file()
     text = json.loads((project / "reports/text/demo.json").read_text())
     assert 0 <= text["fine_tuned/paper/text_to_video_R@10"] <= 1
+    # the analyses and search: which clips carry speech, the sets' recall, concepts, index
+    sets = json.loads((project / "data/speech/demo/subsets.json").read_text())
+    assert sets["clips"] == 4 and sets["video_status"] == {"ok": 4}
+    for f in ("reports/speech/demo.md", "reports/concepts/demo.html",
+              "data/search/demo/record.json", "reports/search/demo.html"):
+        assert (project / f).is_file(), f
+    assert json.loads((project / "reports/search/demo.json").read_text())["n_words"] == 3
     shown = _run(project, "dvc", "metrics", "show")
     assert "fine_tuned/paper/audio_to_video_R@10" in shown
     assert "fine_tuned/paper/text_audio_to_video_R@10" in shown

@@ -59,7 +59,13 @@ FOREACH = {"${datasets}": ALL_DATASETS,
            # datasets with ASR captions (caption.json): the demo's and HowTo100M's
            "${text.captions}": ("demo", "howto100m"),
            "${text.finetune.datasets}": CLIP_DATASETS,
-           "${text.evaluate.datasets}": CLIP_DATASETS}
+           "${text.evaluate.datasets}": CLIP_DATASETS,
+           "${analysis.speech.datasets}": CLIP_DATASETS,
+           "${search.datasets}": CLIP_DATASETS,
+           # dataset -> its word timings: the demo generator's, or stage speech@'s ASR words
+           "${analysis.concepts.words_files}": {
+               "demo": "data/demo/words.parquet",
+               "youcook2": "data/speech/youcook2/words.parquet"}}
 PRETRAIN = {"${train.dataset}": ("demo", "howto100m"),
             "${text.train.dataset}": ("demo", "howto100m")}
 

@@ -34,7 +34,12 @@ def _arrays(concept: int, seconds: int, rng) -> dict:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    d = tmp_path_factory.mktemp("proj")
+    return build_project(tmp_path_factory.mktemp("proj"))
+
+
+def build_project(d):
+    """Under folder d: features/ (24 synthetic videos of 14 s, 4 concepts, 16 train, 8 val),
+    manifest/ (2 clips a video, plus a val clip of a video without features) -> d."""
     rng = np.random.default_rng(0)
     store = d / "features"
     recipe = {"dtype": "float16", "note": "synthetic"}
@@ -96,17 +101,29 @@ def test_pretrain_finetune_evaluate(project):
     # dvc metrics: the headline numbers; details.json: all of them
     saved = json.loads((out / "demo.json").read_text())
     assert len(saved) == 16 and saved == pytest.approx(
-        {k: v for k, v in flat.items() if "/paper/" in k and ("_R@" in k or "median" in k)})
+        {k: v for k, v in flat.items()
+         if "/paper/" in k and ("_R@" in k or k.endswith("_median_rank"))})
     details = json.loads((out / "demo" / "details.json").read_text())
     assert details["metrics"] == pytest.approx(flat, nan_ok=True)
     curve = (out / "curves" / "demo" / "zero_shot.csv").read_text().splitlines()
-    assert curve[0] == "K,audio_to_video,video_to_audio,chance" and len(curve) == 51
+    # K stops at the 17 official clips (past n every curve is flat)
+    assert curve[0] == "K,audio_to_video,video_to_audio,chance" and len(curve) == 1 + 17
+    assert curve[-1].startswith("17,") and curve[-1].endswith(",1.0")
     assert float(curve[10].split(",")[1]) == flat["zero_shot/paper/audio_to_video_R@10"]
     md = (out / "demo.md").read_text()
     assert "random (chance, 17 clips)" in md and "ours, paper protocol" in md
+    # the reference's median (present clips only) beside ours in the paper-protocol rows
+    for setting in ("zero_shot", "fine_tuned"):
+        ref = flat[f"{setting}/paper/audio_to_video_median_rank_present"]
+        assert ref == flat[f"{setting}/available/audio_to_video_median_rank"]
+        assert f"{setting}/paper/audio_to_video_median_rank_present" not in saved
+    assert "median over the present clips only" in md
     assert (out / "demo.png").stat().st_size > 5000
     page = (out / "demo.html").read_text()
-    assert page.count("query</b>") == 4 and "data:image/png;base64" in page
+    # 2 settings x 2 queries x both directions; the synthetic store has no media files
+    assert page.count("query</b>") == 8 and "data:image/png;base64" in page
+    assert page.count("A->V, audio query") == 2 and page.count("V->A, video query") == 2
+    assert "no audio" in page and "no frame" in page and page.rstrip().endswith("</html>")
     details = json.loads((out / "demo" / "details.json").read_text())
     assert details["settings"]["fine_tuned"]["trained_on"]["bn_mode"] == "frozen"
 
@@ -124,3 +141,21 @@ def test_paper_rows_are_in_the_youcook2_table():
     md = markdown("youcook2", {}, prov)
     assert "| HowTo100M zero-shot | paper | 27.4 | 51.6 | 61.5 | 27.3 | 51.2 | 60.8 | |" in md
     assert "random (chance, 3350 clips)" in md
+
+
+def test_markdown_shows_the_reference_median_beside_ours():
+    """avlnet.md's Y (968 of 1000 clips present): ours 3.0, the reference's convention 2.5."""
+    import torch
+
+    from pipeline.evaluate.metrics import metrics_of, ranks_from_embeddings
+    from pipeline.evaluate.recall import markdown
+    y = torch.from_numpy(np.random.RandomState(0).randn(968, 968) + 3 * np.eye(968))
+    r = ranks_from_embeddings(y, torch.eye(968, dtype=torch.float64)).numpy()
+    m = metrics_of({"audio_to_video": r, "video_to_audio": r}, n_official=1000)
+    results = {"zero_shot": {"metrics": m, "checkpoint": "x.pt", "checkpoint_sha256": "0" * 64,
+                             "trained_on": {}}}
+    prov = {"clips_official": 1000, "clips_present": 968, "clips_missing": 32, "split": "test",
+            "audit": None}
+    md = markdown("msrvtt", results, prov)
+    assert "| HowTo100M zero-shot | ours, paper protocol | 38.1 | 61.9 | 70.6 |" in md
+    assert md.count("| 3.0 (2.5) |") == 1 and "| 2.5 |" in md

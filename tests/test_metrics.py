@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluate.metrics import (chance, ranks_from_blocks, ranks_from_embeddings,
-                              retrieval_metrics, summarize)
+from pipeline.evaluate.metrics import (chance, metrics_of, ranks_from_blocks,
+                                       ranks_from_embeddings, retrieval_metrics, summarize)
 
 X6 = torch.tensor([[.9, .1, .3, .2, 0, .5], [.2, .5, .6, .1, 0, .3], [.4, 0, .8, .9, .7, .1],
                    [.1, .2, .3, 0, .4, .5], [.3, .3, .3, .3, .6, .3],
@@ -52,6 +52,25 @@ def test_968_of_1000_golden_values():
     p = summarize(r, "audio_to_video", n_total=1000)
     assert (p["audio_to_video_R@1"], p["audio_to_video_R@5"], p["audio_to_video_R@10"]) == \
         pytest.approx((0.381, 0.619, 0.706), abs=1e-9)
+    # median rank: ours counts the 32 missing clips as failures (3.0); the reference's paper
+    # protocol took it over the 968 present ones (2.5), reported beside ours
+    assert p["audio_to_video_median_rank"] == 3.0
+    assert p["audio_to_video_median_rank_present"] == 2.5
+    assert "audio_to_video_median_rank_present" not in a
+
+
+def test_metrics_of_reports_the_reference_median_in_the_paper_protocol_only():
+    y = torch.from_numpy(np.random.RandomState(0).randn(968, 968) + 3 * np.eye(968))
+    r = ranks(y, chunk=300)
+    m = metrics_of({"audio_to_video": r, "video_to_audio": ranks(y.T.contiguous())}, 1000)
+    assert m["paper"]["audio_to_video_median_rank"] == 3.0
+    assert m["paper"]["audio_to_video_median_rank_present"] == 2.5
+    assert m["paper"]["video_to_audio_median_rank_present"] == \
+        m["available"]["video_to_audio_median_rank"]
+    assert not any(k.endswith("_present") for k in m["available"])
+    empty = summarize(np.array([]), "audio_to_video", n_total=3)
+    assert np.isnan(empty["audio_to_video_median_rank_present"])
+    assert empty["audio_to_video_median_rank"] == 4.0
 
 
 def test_ties_are_pessimistic_never_above_one():

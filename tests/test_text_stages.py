@@ -99,8 +99,12 @@ def test_captions_train_finetune_evaluate(project, caplog):
     assert "T+A->V" in md and "random (chance, 16 clips)" in md
     page = (out / "demo.html").read_text()
     assert "text query" in page and "synthetic" in page         # the query caption is shown
+    # both directions: 2 settings x 2 queries x (T->V, V->T)
+    assert page.count("query</b>") == 8 and page.count("V->T, video query") == 2
     csv = (out / "curves" / "demo" / "fine_tuned.csv").read_text().splitlines()
-    assert csv[0].split(",")[0] == "K" and "text_to_video" in csv[0] and len(csv) == 51
+    # K = 1..16: the curve stops at the official clip count
+    assert csv[0].split(",")[0] == "K" and "text_to_video" in csv[0] and len(csv) == 1 + 16
+    assert "median over the present clips only" in md
 
 
 def test_low_resource_setting_from_an_audio_video_checkpoint(project):

@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from pipeline.config import DemoParams
-from pipeline.data.manifest import YOUTUBE_ID, write_json_atomic
+from pipeline.data.manifest import YOUTUBE_ID, write_json_atomic, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,14 @@ VISIBLE_AFTER_S = 1.0        # the object stays on screen this long after its an
                              # footage does not cut with the narration either; an object that
                              # vanished exactly at `end` made max-pooled clip features mostly
                              # background (a linear concept probe fell from 0.93 to 0.42)
-SPEECH_EVERY_S = 3.0         # the name is repeated this often within a segment
-TONE_PEAK, SPEECH_PEAK = 0.3, 0.3
+SPEECH_EVERY_S = 1.5         # the name is repeated this often within a segment
+TONE_PEAK, SPEECH_PEAK = 0.3, 0.7
+# the voices the demo's narration is spoken in (espeak-ng voice, words per minute, pitch 0-99),
+# one drawn per segment: the model hears each name in several voices, as a real narrator's
+# words vary, so a query in a voice it never heard (stage spoken@, en-gb) can still match
+VOICES = (("en-us", 140, 50), ("en-us+m3", 125, 40), ("en-us+f2", 155, 60),
+          ("en-us+Annie", 150, 55))
+DUCK_GAIN = 0.1              # the tone's gain while a name is spoken over it (see _ducking)
 SENTENCES = ("add the {}", "slice the {}", "chop the {} into small pieces",
              "put the {} on the plate", "wash the {}", "mix the {} in a bowl", "cut the {} in half",
              "place the {} in the pan")
@@ -95,6 +101,9 @@ class Segment:
     sentence: str
     scale: float   # object size factor (0.8..1.25); the tone is shifted by pitch_factor(scale)
     phase: float   # motion phase, radians
+    spoken: bool = True   # its name is spoken (demo.speech and the spoken_fraction draw)
+    sound: bool = True    # its concept's sound is heard (False: narration only)
+    voice: int = 0        # which of VOICES speaks its name
 
 
 @dataclass(frozen=True)
@@ -222,7 +231,15 @@ def plan(params: DemoParams) -> list[VideoPlan]:
                         "will be missing from it", subset, len(names))
     plans = []
     for i, (n_frames, duration, w, h, tone, layout, extras) in enumerate(raw):
-        segs = tuple(Segment(a, b, concept_of[(i, j)], sent.format(concept_of[(i, j)]), sc, ph)
+        # what each segment sounds like (narrated, its sound, or both) and whose voice speaks:
+        # a stream of its own, so the draws above (every concept, time and size) do not
+        # depend on these params
+        mix = np.random.default_rng([params.seed, i, 3])
+        u, voice = mix.random(len(layout)), mix.integers(0, len(VOICES), len(layout))
+        segs = tuple(Segment(a, b, concept_of[(i, j)], sent.format(concept_of[(i, j)]), sc, ph,
+                             spoken=params.speech and bool(u[j] < params.spoken_fraction),
+                             sound=not (params.speech and u[j] < params.speech_only_fraction),
+                             voice=int(voice[j]))
                      for j, ((a, b), (sc, ph, sent)) in enumerate(zip(layout, extras)))
         plans.append(VideoPlan(i, ids[i], "validation" if i in val else "training", w, h,
                                params.fps, n_frames, duration, tone, segs))
@@ -257,6 +274,17 @@ SPEECH_SPAN_S = 1.5         # an ASR caption around a spoken name lasts this lon
 # tokens are dropped by the same rule (extensions.md §1) and counted as out of vocabulary
 DEMO_OOV = ("a", "and", "of", "to", "um")
 WORD_VECTORS = "word2vec-demo.bin"
+WORDS_FILE = "words.parquet"   # the generator's word timings (video_id, start_s, end_s, word)
+
+
+def _write_words(rows: dict, path: Path) -> None:
+    """The word timings as Parquet, atomically (the format stage speech writes from ASR)."""
+    import pyarrow as pa
+    table = pa.table({"video_id": pa.array(rows["video_id"], pa.string()),
+                      "start_s": pa.array(rows["start_s"], pa.float64()),
+                      "end_s": pa.array(rows["end_s"], pa.float64()),
+                      "word": pa.array(rows["word"], pa.string())})
+    write_parquet_atomic(table, path)
 
 
 def asr_captions(plans: list[VideoPlan], seed: int) -> dict:
@@ -274,7 +302,7 @@ def asr_captions(plans: list[VideoPlan], seed: int) -> dict:
                 a = prev_end + float(rng.uniform(0.1, 0.4))
                 caps.append((a, min(a + 1.2, s.start_s), ASR_FILLER[rng.integers(len(ASR_FILLER))]))
             t = s.start_s + SPEECH_AT_S
-            while t + 1.0 <= s.end_s:                  # render_audio's spoken names
+            while s.spoken and t + 1.0 <= s.end_s:     # render_audio's spoken names
                 pre, post = ASR_AROUND[rng.integers(len(ASR_AROUND))]
                 text = " ".join(w for w in (pre, s.concept, post) if w)
                 caps.append((t - 0.1, min(t + SPEECH_SPAN_S, s.end_s + 0.5), text))
@@ -315,27 +343,29 @@ def write_text_files(plans: list[VideoPlan], seed: int, out_dir: Path) -> dict:
 # --------------------------------------------------------------------------- audio
 
 
-def _speak(names: list[str], tmp: Path) -> dict[str, np.ndarray]:
-    """Each name spoken by espeak-ng, as float64 at SAMPLE_RATE with peak SPEECH_PEAK."""
+def _speak(names: list[str], tmp: Path) -> dict[tuple[str, int], np.ndarray]:
+    """Each name spoken by espeak-ng in each of VOICES -> {(name, voice index): float64 at
+    SAMPLE_RATE with peak SPEECH_PEAK}."""
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise DemoError("espeak-ng not found: install espeak-ng (apt-get install espeak-ng) "
                            "or set demo.speech: false in params.yaml")
     out = {}
     for name in names:
-        path = tmp / f"speech-{name}.wav"
-        r = subprocess.run([exe, "-v", "en-us", "-s", "140", "-w", str(path), name],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            raise DemoError(f"espeak-ng failed for {name!r} (exit {r.returncode}): "
-                               f"{r.stderr[-2000:]}")
-        with wave.open(str(path)) as w:
-            sr, x = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), "<i2")
-        x = x.astype(np.float64) / 32768.0
-        # band-limited resampling (espeak-ng writes 22.05 kHz) via the spectrum
-        m = round(len(x) * SAMPLE_RATE / sr)
-        y = np.fft.irfft(np.fft.rfft(x), m) * (m / len(x))
-        out[name] = y * (SPEECH_PEAK / max(np.abs(y).max(), 1e-9))
+        for k, (voice, speed, pitch) in enumerate(VOICES):
+            path = tmp / f"speech-{name}-{k}.wav"
+            r = subprocess.run([exe, "-v", voice, "-s", str(speed), "-p", str(pitch), "-w",
+                                str(path), name], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise DemoError(f"espeak-ng failed for {name!r} in voice {voice} (exit "
+                                f"{r.returncode}): {r.stderr[-2000:]}")
+            with wave.open(str(path)) as w:
+                sr, x = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), "<i2")
+            x = x.astype(np.float64) / 32768.0
+            # band-limited resampling (espeak-ng writes 22.05 kHz) via the spectrum
+            m = round(len(x) * SAMPLE_RATE / sr)
+            y = np.fft.irfft(np.fft.rfft(x), m) * (m / len(x))
+            out[(name, k)] = y * (SPEECH_PEAK / max(np.abs(y).max(), 1e-9))
     return out
 
 
@@ -372,7 +402,57 @@ def _envelope(c: Concept, t: np.ndarray, dur: float) -> np.ndarray:
     return env
 
 
-def render_audio(p: VideoPlan, params: DemoParams, speech: dict[str, np.ndarray] | None
+def _spoken_at(a: int, b: int, n: int) -> list[int]:
+    """Sample offsets at which a segment [a, b) (samples) speaks its n-sample name: SPEECH_AT_S
+    after its start, then every SPEECH_EVERY_S while the whole word fits."""
+    out, at = [], a + round(SPEECH_AT_S * SAMPLE_RATE)
+    while at + n <= b:
+        out.append(at)
+        at += round(SPEECH_EVERY_S * SAMPLE_RATE)
+    return out
+
+
+def _ducking(n: int, starts: list[int], length: int) -> np.ndarray:
+    """(n,) gain of a segment's tone: DUCK_GAIN while a name is spoken (each start to its end,
+    offsets in samples), 50 ms raised-cosine ramps before and after, 1 elsewhere. Narration over
+    a background sound is mixed like this; at full level the tone masks the name and a voice
+    activity detector (stage speech@demo) no longer hears it."""
+    gain = np.ones(n)
+    ramp = round(0.05 * SAMPLE_RATE)
+    up = 0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, ramp))            # 0 -> 1
+    for at in starts:
+        for lo, shape in ((at - ramp, 1 - (1 - DUCK_GAIN) * up),        # down to DUCK_GAIN
+                          (at, np.full(length, DUCK_GAIN)),
+                          (at + length, DUCK_GAIN + (1 - DUCK_GAIN) * up)):
+            a, b = max(0, lo), min(n, lo + len(shape))
+            if b > a:
+                gain[a:b] = np.minimum(gain[a:b], shape[a - lo:b - lo])
+    return gain
+
+
+def spoken_words(plans: list[VideoPlan], speech: dict | None) -> dict:
+    """The generator's own word timings, as an ASR backend would give them: {"video_id",
+    "start_s", "end_s", "word"} columns, one row per spoken name (its voiced part: the
+    synthesized word without its leading and trailing silence). Empty without speech."""
+    rows: dict[str, list] = {"video_id": [], "start_s": [], "end_s": [], "word": []}
+    for p in plans:
+        n = round(p.n_frames * SAMPLE_RATE / p.fps)
+        for s in p.segments:
+            if speech is None or not s.spoken:
+                continue
+            word = speech[(s.concept, s.voice)]
+            loud = np.flatnonzero(np.abs(word) > 0.02 * SPEECH_PEAK)
+            lo, hi = (int(loud[0]), int(loud[-1]) + 1) if len(loud) else (0, len(word))
+            a, b = round(s.start_s * SAMPLE_RATE), min(n, round(s.end_s * SAMPLE_RATE))
+            for at in _spoken_at(a, b, len(word)):
+                rows["video_id"].append(p.video_id)
+                rows["start_s"].append(round((at + lo) / SAMPLE_RATE, 3))
+                rows["end_s"].append(round((at + hi) / SAMPLE_RATE, 3))
+                rows["word"].append(s.concept)
+    return rows
+
+
+def render_audio(p: VideoPlan, params: DemoParams, speech: dict | None
                  ) -> np.ndarray:
     """The soundtrack: (N,) float32 in [-1, 1] at SAMPLE_RATE, N = duration * SAMPLE_RATE.
 
@@ -394,13 +474,14 @@ def render_audio(p: VideoPlan, params: DemoParams, speech: dict[str, np.ndarray]
         a, b = round(s.start_s * SAMPLE_RATE), min(n, round(s.end_s * SAMPLE_RATE))
         t = np.arange(b - a) / SAMPLE_RATE
         tone = _tone(c, c.f0_hz * pitch_factor(s.scale), t)
-        x[a:b] += TONE_PEAK * tone * _envelope(c, t, (b - a) / SAMPLE_RATE)
-        if speech is not None:
-            word = speech[s.concept]
-            at = a + round(0.25 * SAMPLE_RATE)
-            while at + len(word) <= b:
+        level = TONE_PEAK * _envelope(c, t, (b - a) / SAMPLE_RATE) * s.sound
+        if speech is not None and s.spoken:
+            word = speech[(s.concept, s.voice)]
+            starts = _spoken_at(a, b, len(word))
+            level = level * _ducking(len(t), [at - a for at in starts], len(word))
+            for at in starts:
                 x[at:at + len(word)] += word
-                at += round(SPEECH_EVERY_S * SAMPLE_RATE)
+        x[a:b] += level * tone
     return np.clip(x, -1.0, 1.0).astype(np.float32)
 
 
@@ -718,6 +799,8 @@ def generate(params: DemoParams, out_dir: Path, url_root: str) -> dict:
                     fut.cancel()
                 raise
     text = write_text_files(plans, params.seed, out_dir)
+    words = spoken_words(plans, speech)
+    _write_words(words, out_dir / WORDS_FILE)
     write_json_atomic(annotations(plans, str(root)), out_dir / "annotations.json")
     counts = {c: {"training": 0, "validation": 0} for c in used}
     for p in plans:
@@ -734,6 +817,8 @@ def generate(params: DemoParams, out_dir: Path, url_root: str) -> dict:
         "concepts": used,
         "concept_counts": counts,
         "asr_captions": text["captions"],
+        "spoken_segments": sum(s.spoken for p in plans for s in p.segments),
+        "spoken_words": len(words["word"]),
         "word_vectors": text["words"],
         "elapsed_s": round(elapsed, 2),
     }

@@ -5,22 +5,20 @@ reports/recall/<ds>.json   the headline numbers (dvc metrics show / diff): "<set
                            <direction>_R@1|5|10" and "..._median_rank"
 reports/recall/<ds>/details.json   everything else: every metric of both protocols ("metrics",
                            flat keys "<setting>/<protocol>/<metric>"), provenance, checkpoints
-reports/recall/curves/<ds>/<setting>.csv   recall-at-K curves, K = 1..50 (dvc plots show)
+reports/recall/curves/<ds>/<setting>.csv   recall-at-K curves, K = 1..min(50, n) (dvc plots)
 reports/recall/<ds>.md     recall table in the paper's layout, the paper's rows and chance beside
 reports/recall/<ds>.png    recall-at-K curves
-reports/recall/<ds>.html   qualitative examples: queries and their top-5 (self-contained)
+reports/recall/<ds>.html   qualitative examples, both directions: queries (caption, audio
+                           player, spectrogram or frame) and their top-5 (self-contained)
 Tables and plots are rendered from the metrics dict, never recomputed."""
 from __future__ import annotations
 
-import base64
 import dataclasses
 import html
-import io
 import json
 import logging
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +31,10 @@ from pipeline.download.ledger import read_availability
 from pipeline.data.manifest import write_json_atomic
 from pipeline.evaluate.metrics import DIRECTIONS, KS, chance, metrics_from_ranks, \
     ranks_from_embeddings
-from pipeline.learn.runs import ModelFile, collate_clips, load_clips, load_model_file, \
-    provenance, verify_features
+from pipeline.evaluate.pages import AUDIO_MAX_S, audio_data_uri, audio_tag, fig_png, \
+    frame_png, img_tag, media_paths, page, spectrogram_png
+from pipeline.learn.runs import ModelFile, caption_texts, collate_clips, load_clips, \
+    load_model_file, provenance, verify_features
 from pipeline.safety import UserError
 from pipeline.learn.sampling import clip_frames_of, eval_split
 from pipeline.features.store import FeatureStore
@@ -60,6 +60,7 @@ PAPER = {
                "fine_tuned": ((20.1, 40.0, 49.6), (22.0, 41.4, 50.3))},
 }
 CURVE_K = 50
+TOP = 5          # candidates shown per example query
 # the metrics `dvc metrics show` lists per setting (paper protocol); details.json has the rest
 HEADLINE = tuple(f"{d}_{m}" for d in DIRECTIONS for m in (*(f"R@{k}" for k in KS),
                                                           "median_rank"))
@@ -83,8 +84,9 @@ def setting_checkpoints(dataset: str, models: Path, settings: list[str],
                         files: dict[str, str]) -> dict[str, Path]:
     """Setting -> checkpoint: zero_shot is models/pretrain/final.pt, fine_tuned
     models/finetune-<dataset>/final.pt, then each of evaluate.checkpoints (`files`, paths from
-    the project root; the text stages' folder is data/text-models). A file outside `models` (the stage's DVC dependency) is tracked by DVC
-    through its path only (the param): a warning says so."""
+    the project root; the text stages' folder is data/text-models). A file outside `models`
+    (the stage's DVC dependency) is tracked by DVC through its path only (the param): a
+    warning says so."""
     where = {"zero_shot": models / "pretrain" / "final.pt",
              "fine_tuned": models / f"finetune-{dataset}" / "final.pt"}
     out = {s: where[s] for s in settings}
@@ -205,6 +207,7 @@ def evaluate(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict
     dev, present, models, ledger, clips, ds, prov = (pp.dev, pp.present, pp.models, pp.ledger,
                                                      pp.clips, pp.ds, pp.prov)
     loader = DataLoader(ds, batch_size=batch, collate_fn=collate_clips)
+    paths, captions = media_paths(ledger, videos_root), first_captions(manifest_dir, pp.split)
     results, curves, examples_html = {}, {}, []
     for setting, path in present.items():
         mf = models[setting]
@@ -216,7 +219,8 @@ def evaluate(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict
         results[setting] = setting_result(mf, path, m)
         curves[setting] = {"audio_to_video": _curve(r_av, len(clips)),
                            "video_to_audio": _curve(r_va, len(clips))}
-        examples_html.append(_examples(setting, ds, a, v, examples, ledger, videos_root))
+        examples_html.append(_examples(setting, ds, a, v, r_av, r_va, examples, paths,
+                                       captions))
         log.info("%s %s: A->V R@1/5/10 %.3f/%.3f/%.3f, V->A %.3f/%.3f/%.3f (paper protocol, "
                  "%d of %d clips present)", dataset, setting,
                  *(m["paper"][f"audio_to_video_R@{k}"] for k in KS),
@@ -244,8 +248,9 @@ def headline(flat: dict[str, float]) -> dict[str, float]:
 
 def write_curves(curves: dict, n: int, folder: Path) -> None:
     """Recall-at-K curves as data for `dvc plots` (dvc.yaml `plots`): folder/<setting>.csv with
-    columns K, one per direction (audio_to_video, video_to_audio; the text report's own) in
-    the paper protocol, and chance. CSVs of settings not evaluated this time are removed."""
+    columns K (1..min(CURVE_K, n)), one per direction (audio_to_video, video_to_audio; the text
+    report's own) in the paper protocol, and chance. CSVs of settings not evaluated this time
+    are removed."""
     folder.mkdir(parents=True, exist_ok=True)
     names = {s: re.sub(r"[^A-Za-z0-9_.-]", "_", s) + ".csv" for s in curves}
     for old in folder.glob("*.csv"):
@@ -254,7 +259,7 @@ def write_curves(curves: dict, n: int, folder: Path) -> None:
     for setting, c in curves.items():
         rows = [",".join(["K", *c, "chance"])]
         rows += [",".join([str(k), *(repr(x[k - 1]) for x in c.values()),
-                           repr(min(k, n) / n if n else 0.0)]) for k in range(1, CURVE_K + 1)]
+                           repr(min(k, n) / n if n else 0.0)]) for k in _ks(n)]
         _write_text_atomic("\n".join(rows) + "\n", folder / names[setting])
 
 
@@ -266,9 +271,14 @@ def _audit_date(ledger: pa.Table | None) -> str | None:
     return max(vals).isoformat() if vals else None
 
 
+def _ks(n: int) -> range:
+    """K = 1..min(CURVE_K, n): past n clips every curve is flat at its final value."""
+    return range(1, min(CURVE_K, n) + 1)
+
+
 def _curve(ranks: np.ndarray, n_official: int) -> list[float]:
-    """R@K for K = 1..CURVE_K, missing clips as failures (paper protocol)."""
-    return [float((ranks < k).sum() / n_official) for k in range(1, CURVE_K + 1)]
+    """R@K for K = 1..min(CURVE_K, n_official), missing clips as failures (paper protocol)."""
+    return [float((ranks < k).sum() / n_official) for k in _ks(n_official)]
 
 
 def _labels(results: dict) -> dict[str, str]:
@@ -305,12 +315,13 @@ def markdown(dataset: str, results: dict, prov: dict) -> str:
                             + " | ".join(f"{100 * m[f'audio_to_video_R@{k}']:.1f}" for k in KS)
                             + " | "
                             + " | ".join(f"{100 * m[f'video_to_audio_R@{k}']:.1f}" for k in KS)
-                            + f" | {m['audio_to_video_median_rank']:.1f} |")
+                            + f" | {median_cell(m, 'audio_to_video')} |")
     lines = [f"# Retrieval on {dataset} ({prov['split']})", "",
              f"{prov['clips_present']} of {prov['clips_official']} official clips have features "
              f"({prov['clips_missing']} missing). Protocols: `paper` divides by the official "
              "count with missing clips as failures; `available` scores the present clips only. "
              "R@K in percent; ties ranked pessimistically.", "", *head, *rows, "",
+             MEDIAN_NOTE, "",
              "Provenance: split checksum `" + str(prov.get("split_checksum")) + "`, feature "
              "recipe `" + str(prov.get("recipe_sha256"))[:16] + "`, audit " + str(prov["audit"])
              + "; checkpoints:"]
@@ -318,6 +329,20 @@ def markdown(dataset: str, results: dict, prov: dict) -> str:
         lines.append(f"- {labels[setting]}: `{r['checkpoint']}` (sha256 "
                      f"`{r['checkpoint_sha256'][:16]}`)" + _model_line(r))
     return "\n".join(lines) + "\n"
+
+
+MEDIAN_NOTE = ("MdR: median rank. In the paper-protocol rows ours counts the missing clips as "
+               "failures; in parentheses the reference code's convention, the median over the "
+               "present clips only (`<direction>_median_rank_present`).")
+
+
+def median_cell(m: dict, direction: str) -> str:
+    """'3.0', or '3.0 (2.5)' where the metrics carry the reference convention (paper protocol)
+    and it differs."""
+    ours, ref = m[f"{direction}_median_rank"], m.get(f"{direction}_median_rank_present")
+    if ref is None or ref == ours or (ref != ref and ours != ours):
+        return f"{ours:.1f}"
+    return f"{ours:.1f} ({ref:.1f})"
 
 
 def _model_line(r: dict) -> str:
@@ -336,11 +361,12 @@ def _model_line(r: dict) -> str:
 
 def _plot_curves(dataset: str, curves: dict, n: int, out: Path,
                  labels: dict[str, str] = DIRECTIONS) -> None:
-    """Recall at K = 1..CURVE_K per setting and direction (labels: direction -> short name)."""
+    """Recall at K = 1..min(CURVE_K, n) per setting and direction (labels: direction -> short
+    name)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    ks = np.arange(1, CURVE_K + 1)
+    ks = np.array(_ks(n))
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for setting, c in curves.items():
         for i, (direction, ys) in enumerate(c.items()):
@@ -359,76 +385,94 @@ def _plot_curves(dataset: str, curves: dict, n: int, out: Path,
     os.replace(tmp, out)
 
 
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+# the old names, for callers of before pages.py
+_png, _frame = fig_png, frame_png
 
 
-def _frame(video_path: Path | None, t: float) -> str | None:
-    """A frame of the media at t seconds as base64 PNG (160 px wide), or None."""
-    if video_path is None or not video_path.is_file():
-        return None
-    try:
-        out = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-ss", f"{t:.3f}", "-i",
-                              str(video_path), "-frames:v", "1", "-vf", "scale=160:-2",
-                              "-f", "image2", "-c:v", "png", "pipe:"], capture_output=True,
-                             timeout=60, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return base64.b64encode(out).decode() if out else None
+def first_captions(manifest_dir: Path, split: str) -> dict[str, str]:
+    """clip_id -> its official caption (the manifest's `text`) for the split's clips that
+    have one."""
+    return {k: v[0] for k, v in caption_texts(manifest_dir, split).items() if v}
 
 
-def media_paths(ledger: pa.Table | None, videos_root: Path | None) -> dict[str, Path]:
-    """video_id -> its media file from the ledger (for the examples pages' frames)."""
-    if ledger is None:
-        return {}
-    return {r["video_id"]: (videos_root or Path(".")) / r["path"]
-            for r in ledger.select(["video_id", "path"]).to_pylist() if r["path"]}
+def clip_spec(ds: AnnotatedClips, i: int) -> np.ndarray:
+    """Clip i's log-Mel spectrogram (40, T) at its true length (the padding cut off)."""
+    item = ds[i]
+    return item["spec"][:, :int(min(item["nframes"], item["spec"].shape[1]))].numpy()
 
 
-def _examples(setting: str, ds: AnnotatedClips, a: torch.Tensor, v: torch.Tensor, n: int,
-              ledger: pa.Table | None, videos_root: Path | None) -> str:
-    """A->V examples: the query's spectrogram and its top-5 clips' centre frames."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    paths = media_paths(ledger, videos_root)
+def clip_label(clip, captions: dict[str, str]) -> str:
+    """'<clip id> (s-e s)' and its caption in italics, escaped HTML."""
+    cap = captions.get(clip.clip_id)
+    return (f"{html.escape(clip.clip_id)} ({clip.start_s:.1f}-{clip.end_s:.1f} s)"
+            + (f'<br><span class="cap">&ldquo;{html.escape(cap)}&rdquo;</span>' if cap else ""))
+
+
+def example_row(query_html: str, cells: list[str], true_rank: int | None) -> str:
+    """One example: the query cell, its top-K cells, and 'true match at rank R' when the true
+    match is not among them (true_rank: 1-based, None when it is)."""
+    miss = (f'<p class="miss">true match at rank {true_rank}</p>' if true_rank is not None
+            else "")
+    return (f'<table><tr><td class="query"><b>query</b> {query_html}</td>{"".join(cells)}'
+            f"</tr></table>{miss}")
+
+
+def result_cell(rank: int, hit: bool, body: str) -> str:
+    """A top-K cell: `body`, its rank, green with a tick when it is the true match."""
+    return (f'<td class="{"hit" if hit else ""}">{body}<br>#{rank}'
+            f'{" &#10003; correct" if hit else ""}</td>')
+
+
+def _examples(setting: str, ds: AnnotatedClips, a: torch.Tensor, v: torch.Tensor,
+              r_av: np.ndarray, r_va: np.ndarray, n: int, paths: dict[str, Path],
+              captions: dict[str, str]) -> str:
+    """Both directions for `n` queries spread over the clips. A->V: the query's caption, audio
+    player and spectrogram -> its top-TOP clips' centre frames; V->A: the query's centre frame
+    and caption -> its top-TOP clips, each with audio player and spectrogram. r_av / r_va
+    (0-based ranks, metrics.py) give the true match's rank when it is not shown."""
     picks = np.linspace(0, len(ds) - 1, num=min(n, len(ds))).round().astype(int)
-    parts = [f"<h2>{html.escape(setting)}: audio query -> top-5 video clips</h2>"]
-    for q in picks:
-        item, clip = ds[int(q)], ds.clips[int(q)]
-        fig, ax = plt.subplots(figsize=(3, 1.2), dpi=80)
-        ax.imshow(item["spec"][:, :int(min(item["nframes"], item["spec"].shape[1]))].numpy(),
-                  origin="lower", aspect="auto", cmap="magma")
-        ax.axis("off")
-        spec = _png(fig)
-        scores = (a[q:q + 1] @ v.T)[0]
-        top = torch.argsort(scores, descending=True)[:5].tolist()
-        cells = []
-        for rank, j in enumerate(top, 1):
-            c = ds.clips[j]
-            img = _frame(paths.get(c.video_id), (c.start_s + c.end_s) / 2)
-            ok = j == q
-            pic = (f'<img src="data:image/png;base64,{img}">' if img
-                   else "<div class=nf>no frame</div>")
-            cells.append(f'<td class="{"hit" if ok else ""}">{pic}<br>#{rank} '
-                         f'{html.escape(c.clip_id)}{" &#10003; correct" if ok else ""}</td>')
-        parts.append(f'<p><b>query</b> {html.escape(clip.clip_id)} '
-                     f'({clip.start_s:.1f}-{clip.end_s:.1f} s)<br>'
-                     f'<img src="data:image/png;base64,{spec}"></p>'
-                     f"<table><tr>{''.join(cells)}</tr></table>")
-    return "\n".join(parts)
+    clips = ds.clips
+
+    def audio(c) -> str:
+        return audio_tag(audio_data_uri(paths.get(c.video_id), c.start_s, c.end_s))
+
+    def frame(c) -> str:
+        return img_tag(frame_png(paths.get(c.video_id), (c.start_s + c.end_s) / 2),
+                       alt=c.clip_id)
+
+    av = [f"<h2>{html.escape(setting)}: A->V, audio query -> top-{TOP} video clips</h2>"]
+    va = [f"<h2>{html.escape(setting)}: V->A, video query -> top-{TOP} audio clips</h2>"]
+    for q in (int(x) for x in picks):
+        c = clips[q]
+        top = torch.argsort((a[q:q + 1] @ v.T)[0], descending=True)[:TOP].tolist()
+        cells = [result_cell(k, j == q, f"{frame(clips[j])}<br>{clip_label(clips[j], captions)}")
+                 for k, j in enumerate(top, 1)]
+        spec = img_tag(spectrogram_png(clip_spec(ds, q)), "spectrogram")
+        av.append(example_row(f"{clip_label(c, captions)}<br>{audio(c)}{spec}", cells,
+                              None if q in top else int(r_av[q]) + 1))
+        top = torch.argsort((v[q:q + 1] @ a.T)[0], descending=True)[:TOP].tolist()
+        cells = [result_cell(k, j == q,
+                             audio(clips[j])
+                             + img_tag(spectrogram_png(clip_spec(ds, j)), "spectrogram")
+                             + f"<br>{clip_label(clips[j], captions)}")
+                 for k, j in enumerate(top, 1)]
+        va.append(example_row(f"{clip_label(c, captions)}<br>{frame(c)}", cells,
+                              None if q in top else int(r_va[q]) + 1))
+    return "\n".join(av + va)
 
 
-def _page(dataset: str, prov: dict, sections: list[str]) -> str:
-    return ("<!doctype html><meta charset=utf-8><title>AVLnet retrieval examples: "
-            f"{html.escape(dataset)}</title><style>body{{font-family:sans-serif}}"
-            "td{vertical-align:top;padding:4px;font-size:12px}td.hit{background:#cfc}"
-            ".nf{width:160px;height:90px;background:#eee}</style>"
-            f"<h1>{html.escape(dataset)} {html.escape(prov['split'])}: qualitative examples</h1>"
-            "<p>Each query is a clip's log-Mel spectrogram (true length); the five video clips "
-            "it scores highest follow, the correct one marked green.</p>"
-            + "\n".join(sections) + f"\n<pre>{html.escape(json.dumps(prov, indent=1))}</pre>")
+INTRO = ("<p>Both retrieval directions for a few queries spread over the clips. A->V: the "
+         "query is a clip's audio (player and log-Mel spectrogram, true length; its caption "
+         "for reading only) and the {top} video clips it scores highest follow as centre "
+         "frames. V->A: the query is a clip's centre frame and the {top} audio clips it scores "
+         "highest follow. The correct clip is green; when it is not shown, its rank is given. "
+         "Audio players: the clip's first {max_s:g} s, mono 16 kHz.</p>")
+
+
+def _page(dataset: str, prov: dict, sections: list[str], intro: str | None = None,
+          title: str = "qualitative examples") -> str:
+    """The examples page: the sections, then the provenance."""
+    return page(f"{dataset} {prov['split']}: {title}",
+                intro if intro is not None else INTRO.format(top=TOP, max_s=AUDIO_MAX_S),
+                [*sections, f"<h2>Provenance</h2><pre>{html.escape(json.dumps(prov, indent=1))}"
+                            "</pre>"])

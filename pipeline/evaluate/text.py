@@ -11,7 +11,7 @@ with video in its fine space, cosine similarities as it was trained.
 reports/text/<ds>.json           headline numbers (dvc metrics): "<setting>/paper/<direction>_R@K"
 reports/text/<ds>/details.json   every metric, both protocols, provenance, checkpoints
 reports/text/curves/<ds>/<setting>.csv   recall-at-K per direction (dvc plots)
-reports/text/<ds>.md|png|html    table beside the thesis's rows, curves, text-query examples"""
+reports/text/<ds>.md|png|html    table beside the thesis's rows, curves, examples (T->V, V->T)"""
 from __future__ import annotations
 
 import html
@@ -25,8 +25,11 @@ from torch.utils.data import DataLoader
 
 from pipeline.data.manifest import write_json_atomic
 from pipeline.evaluate.metrics import KS, chance, metrics_of, ranks_from_embeddings
-from pipeline.evaluate.recall import EvaluateError, _curve, _frame, _page, _plot_curves, \
-    _write_text_atomic, media_paths, prepare, setting_result, write_curves
+from pipeline.evaluate.pages import AUDIO_MAX_S, audio_data_uri, audio_tag, frame_png, \
+    img_tag, media_paths
+from pipeline.evaluate.recall import MEDIAN_NOTE, TOP, EvaluateError, _curve, _page, \
+    _plot_curves, _write_text_atomic, clip_label, example_row, median_cell, prepare, \
+    result_cell, setting_result, write_curves
 from pipeline.learn.runs import caption_texts, collate_clips
 from pipeline.learn.textdata import TextClips
 from pipeline.learn.train import embed
@@ -127,6 +130,7 @@ def evaluate_text(dataset: str, features: Path, manifest_dir: Path,
                    max_words=max_words)
     prov = {**pp.prov, "clips_without_text": ds.no_text, "word_vectors": words.identity()}
     loader = DataLoader(ds, batch_size=batch, collate_fn=collate_clips)
+    paths = media_paths(pp.ledger, videos_root)
     results, curves, sections = {}, {}, []
     for setting, path in pp.present.items():
         mf = pp.models[setting]
@@ -135,8 +139,7 @@ def evaluate_text(dataset: str, features: Path, manifest_dir: Path,
         m = metrics_of(ranks, n_official=n)
         results[setting] = setting_result(mf, path, m)
         curves[setting] = {d: _curve(r, n) for d, r in ranks.items()}
-        sections.append(_text_examples(setting, ds, *pairs["text_to_video"], examples,
-                                       pp.ledger, videos_root))
+        sections.append(_text_examples(setting, ds, pairs, ranks, examples, paths))
         log.info("%s %s (%s): R@10 %s (paper protocol, %d of %d clips present)", dataset,
                  setting, mf.config["arch"],
                  ", ".join(f"{TEXT_DIRECTIONS[d]} {m['paper'][f'{d}_R@10']:.3f}" for d in ranks),
@@ -155,9 +158,8 @@ def evaluate_text(dataset: str, features: Path, manifest_dir: Path,
     _plot_curves(dataset, {s: {d: c[d] for d in ("text_to_video", "text_audio_to_video")
                                if d in c} for s, c in curves.items()}, n,
                  out_dir / f"{dataset}.png", TEXT_DIRECTIONS)
-    _write_text_atomic(_page(dataset, prov, sections).replace(
-        "Each query is a clip's log-Mel spectrogram (true length)",
-        "Each query is a clip's caption (T->V)"), out_dir / f"{dataset}.html")
+    _write_text_atomic(_page(dataset, prov, sections, INTRO.format(top=TOP, max_s=AUDIO_MAX_S),
+                             "text retrieval examples"), out_dir / f"{dataset}.html")
     return flat
 
 
@@ -185,7 +187,7 @@ def markdown(dataset: str, results: dict, prov: dict) -> str:
                 m = r["metrics"][proto]
                 rows.append(f"| {label} | {name} | ours, {proto} | "
                             + " | ".join(f"{100 * m[f'{d}_R@{k}']:.1f}" for k in KS)
-                            + f" | {m[f'{d}_median_rank']:.1f} |")
+                            + f" | {median_cell(m, d)} |")
     for (who, d), (zs, ft) in PAPER_R10.get(dataset, {}).items():
         rows.append(f"| {who} | {TEXT_DIRECTIONS[d]} | published, R@10 zero-shot / fine-tuned "
                     f"| | | {zs:g} / {ft:g} | |")
@@ -196,6 +198,7 @@ def markdown(dataset: str, results: dict, prov: dict) -> str:
              "caption, A = its audio, V = its video; '+' sums two embeddings. `paper` divides by "
              "the official count with missing clips as failures, `available` scores the present "
              "clips. R@K in percent; ties ranked pessimistically.", "", *rows, "",
+             MEDIAN_NOTE, "",
              "Word vectors: `{source}` ({words} words x {dim}, sample sha256 "
              "`{sample_sha256:.16}`). Checkpoints:".format(**prov["word_vectors"])]
     for setting, r in results.items():
@@ -204,26 +207,46 @@ def markdown(dataset: str, results: dict, prov: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _text_examples(setting: str, ds: TextClips, q: torch.Tensor, c: torch.Tensor, n: int,
-                   ledger, videos_root: Path | None) -> str:
-    """T->V examples: the query caption and its top-5 clips' centre frames."""
-    paths = media_paths(ledger, videos_root)
+INTRO = ("<p>T->V: the query is a clip's official caption (its audio player beside, for "
+         "listening only) and the {top} video clips it scores highest follow as centre frames "
+         "with their captions. V->T: the query is a clip's centre frame and the {top} captions "
+         "it scores highest follow. The correct clip is green; when it is not shown, its rank "
+         "is given. Audio players: the clip's first {max_s:g} s, mono 16 kHz.</p>")
+
+
+def _text_examples(setting: str, ds: TextClips, pairs: dict, ranks: dict, n: int,
+                   paths: dict[str, Path]) -> str:
+    """T->V (query caption and its clip's audio player -> top-TOP clips' centre frames and
+    captions) and V->T (query centre frame -> top-TOP captions) for `n` queries spread over the
+    clips; pairs / ranks: direction_pairs() and their 0-based ranks, for the true match's rank
+    when it is not shown."""
     clips = ds.clips.clips
+    captions = {c.clip_id: ds.caption(i) for i, c in enumerate(clips) if ds.caption(i)}
     picks = np.linspace(0, len(ds) - 1, num=min(n, len(ds))).round().astype(int)
-    parts = [f"<h2>{html.escape(setting)}: text query -> top-5 video clips (T->V)</h2>"]
-    for i in picks:
-        top = torch.argsort((q[i:i + 1] @ c.T)[0], descending=True)[:5].tolist()
-        cells = []
-        for rank, j in enumerate(top, 1):
-            cl = clips[j]
-            img = _frame(paths.get(cl.video_id), (cl.start_s + cl.end_s) / 2)
-            pic = (f'<img src="data:image/png;base64,{img}">' if img
-                   else "<div class=nf>no frame</div>")
-            hit = j == i
-            cells.append(f'<td class="{"hit" if hit else ""}">{pic}<br>#{rank} '
-                         f'{html.escape(cl.clip_id)}<br><i>{html.escape(ds.caption(j) or "")}'
-                         f'</i>{" &#10003; correct" if hit else ""}</td>')
-        parts.append(f"<p><b>query</b> &ldquo;{html.escape(ds.caption(int(i)) or '(no caption)')}"
-                     f"&rdquo; ({html.escape(clips[i].clip_id)}, {clips[i].start_s:.1f}-"
-                     f"{clips[i].end_s:.1f} s)</p><table><tr>{''.join(cells)}</tr></table>")
-    return "\n".join(parts)
+
+    def frame(c) -> str:
+        return img_tag(frame_png(paths.get(c.video_id), (c.start_s + c.end_s) / 2),
+                       alt=c.clip_id)
+
+    def top(direction: str, i: int) -> list[int]:
+        q, c = pairs[direction]
+        return torch.argsort((q[i:i + 1] @ c.T)[0], descending=True)[:TOP].tolist()
+
+    tv = [f"<h2>{html.escape(setting)}: T->V, text query -> top-{TOP} video clips</h2>"]
+    vt = [f"<h2>{html.escape(setting)}: V->T, video query -> top-{TOP} captions</h2>"]
+    for i in (int(x) for x in picks):
+        c = clips[i]
+        query = (f"&ldquo;{html.escape(captions.get(c.clip_id, '(no caption)'))}&rdquo;<br>"
+                 f"{html.escape(c.clip_id)} ({c.start_s:.1f}-{c.end_s:.1f} s)<br>"
+                 + audio_tag(audio_data_uri(paths.get(c.video_id), c.start_s, c.end_s)))
+        best = top("text_to_video", i)
+        cells = [result_cell(k, j == i, f"{frame(clips[j])}<br>{clip_label(clips[j], captions)}")
+                 for k, j in enumerate(best, 1)]
+        tv.append(example_row(query, cells,
+                              None if i in best else int(ranks["text_to_video"][i]) + 1))
+        best = top("video_to_text", i)
+        cells = [result_cell(k, j == i, clip_label(clips[j], captions))
+                 for k, j in enumerate(best, 1)]
+        vt.append(example_row(f"{clip_label(c, captions)}<br>{frame(c)}", cells,
+                              None if i in best else int(ranks["video_to_text"][i]) + 1))
+    return "\n".join(tv + vt)
