@@ -632,8 +632,9 @@ class SearchParams:
     """Spoken-query search: stage index@<dataset> (the index), stage spoken@<dataset> (the
     spoken-concept check) and `avl search` (queries)."""
 
-    datasets: list[str] = param(["demo"], "datasets indexed (index@, spoken@), by name (each "
-                                          "needs its features and the checkpoint)")
+    datasets: list[str] = param([], "datasets indexed (index@, spoken@), by name (each needs "
+                                    "its features and the checkpoint; the shipped params.yaml: "
+                                    "demo)")
     setting: str = param("fine_tuned", "checkpoint embedded: zero_shot (<models>/pretrain/"
                                        "final.pt), fine_tuned (<models>/finetune-<dataset>/"
                                        "final.pt) or a file from the project root; <models> is "
@@ -703,8 +704,8 @@ class SpeechParams:
     """Stage speech@<dataset> (which clips carry speech; the Sounds-N / Speech-N sets) and
     speech_recall@<dataset> (their recall tables, AVLnet Table 4)."""
 
-    datasets: list[str] = param(["demo"], "datasets analysed, by name (each needs its "
-                                          "downloaded media)")
+    datasets: list[str] = param([], "datasets analysed, by name (each needs its downloaded "
+                                    "media; the shipped params.yaml: demo)")
     splits: list[str] = param([], "the splits whose clips are analysed ([]: all); the sets "
                                   "come from the evaluation split")
     threshold: float = param(0.5, "silero-vad speech probability threshold (its default 0.5)",
@@ -724,7 +725,7 @@ class SpeechParams:
     n: int = param(0, "clips per set: 0 = every clip without speech (the paper's Sounds-241), "
                       "and as many with speech", ge=0, le=10_000_000)
     seed: int = param(0, "seed of the Speech-N draw", ge=0)
-    truth: dict[str, str] = param({"demo": "data/demo/words.parquet"}, "dataset -> a word-timings parquet (video_id, start_s, "
+    truth: dict[str, str] = param({}, "dataset -> a word-timings parquet (video_id, start_s, "
                                       "end_s, word) to score the detector against (the demo's "
                                       "data/demo/words.parquet)")
 
@@ -734,7 +735,7 @@ class ConceptsParams:
     """Stage concepts@<dataset>: audio-visual concept discovery (extensions.md §3)."""
 
     words_files: dict[str, str] = param(
-        {"demo": "data/demo/words.parquet"}, "the datasets analysed: dataset -> its word timings parquet (video_id, start_s, "
+        {}, "the datasets analysed: dataset -> its word timings parquet (video_id, start_s, "
             "end_s, word): the demo generator's data/demo/words.parquet, or stage speech@'s "
             "data/speech/<dataset>/words.parquet (written with analysis.speech.asr)")
     setting: str = param("fine_tuned", "the model analysed: zero_shot (stage train's), "
