@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.avlnet import VIDEO_DIM, AVLnet, ContextGating, GatedEmbeddingUnit, VideoNorm
+from models.avlnet import AVLnet, ContextGating, GatedEmbeddingUnit, VideoNorm, Visual, video_dim
 from models.resdavenet import WIDTHS, ResDAVEnet
 
 WORD_DIM = 300            # GoogleNews word2vec
@@ -55,8 +55,9 @@ class AVLnetTextTri(AVLnet):
     outputs = ("audio", "video", "text")
 
     def __init__(self, embed_dim: int = 6144, audio_widths: tuple[int, ...] = WIDTHS,
-                 video_norm: VideoNorm = "none", word_dim: int = WORD_DIM):
-        super().__init__(embed_dim, "gating", audio_widths, video_norm)
+                 video_norm: VideoNorm = "none", word_dim: int = WORD_DIM,
+                 visual: Visual = "2d3d"):
+        super().__init__(embed_dim, "gating", audio_widths, video_norm, visual)
         self.text_pooling_caption = SentenceMaxpool(word_dim, embed_dim)
         self.GU_text_captions = GatedEmbeddingUnit(embed_dim, embed_dim)
 
@@ -73,7 +74,7 @@ class AVLnetTextTri(AVLnet):
 class AVLnetTextFused(nn.Module):
     """Fused (`tri_modal_fuse`): audio = DAVEnet_projection (1024 -> D/2) of the pooled
     ResDAVEnet output, text = Sentence_Maxpool (300 -> D/2), fused = GU_audio_text: context
-    gating (D) of fc_audio(a) + fc_text(t); video = GU_video (4096 -> D). GU_audio is the
+    gating (D) of fc_audio(a) + fc_text(t); video = GU_video (video_dim(visual) -> D). GU_audio is the
     reference's, unused by Fused; it stays (frozen) so the released state_dict loads strictly.
     forward -> (audio_text, video)."""
 
@@ -81,19 +82,21 @@ class AVLnetTextFused(nn.Module):
     outputs = ("audio_text", "video")
 
     def __init__(self, embed_dim: int = 4096, audio_widths: tuple[int, ...] = WIDTHS,
-                 video_norm: VideoNorm = "none", word_dim: int = WORD_DIM):
+                 video_norm: VideoNorm = "none", word_dim: int = WORD_DIM,
+                 visual: Visual = "2d3d"):
         super().__init__()
         if embed_dim % 2:
             raise ValueError(f"Fused needs an even embed_dim (audio and text get half), got "
                              f"{embed_dim}")
-        self.embed_dim, self.head = embed_dim, "gating"
+        self.embed_dim, self.head, self.visual = embed_dim, "gating", visual
+        v = video_dim(visual)
         self.DAVEnet = ResDAVEnet(widths=tuple(audio_widths))
         a = self.DAVEnet.out_dim
         self.DAVEnet_projection = nn.Linear(a, embed_dim // 2)
         self.GU_audio = GatedEmbeddingUnit(a, a)
         self.GU_audio.requires_grad_(False)       # never applied: no gradient (DDP agrees)
-        self.GU_video = GatedEmbeddingUnit(VIDEO_DIM, embed_dim)
-        self.video_norm = (nn.BatchNorm1d(VIDEO_DIM, affine=False) if video_norm == "batchnorm"
+        self.GU_video = GatedEmbeddingUnit(v, embed_dim)
+        self.video_norm = (nn.BatchNorm1d(v, affine=False) if video_norm == "batchnorm"
                            else nn.Identity())
         self.text_pooling_caption = SentenceMaxpool(word_dim, embed_dim // 2)
         self.GU_audio_text = FusedGatedUnit(embed_dim // 2, embed_dim)
@@ -129,14 +132,15 @@ class MMVFac(nn.Module):
 
     def __init__(self, embed_dim: int = 2048, audio_widths: tuple[int, ...] = WIDTHS,
                  video_norm: VideoNorm = "none", word_dim: int = WORD_DIM, va_dim: int = 512,
-                 vat_dim: int = 256):
+                 vat_dim: int = 256, visual: Visual = "2d3d"):
         super().__init__()
-        self.embed_dim, self.head = embed_dim, "mmv"
+        self.embed_dim, self.head, self.visual = embed_dim, "mmv", visual
+        v = video_dim(visual)
         self.DAVEnet = ResDAVEnet(widths=tuple(audio_widths))
         self.audio_head = nn.Linear(self.DAVEnet.out_dim, va_dim)
-        self.video_norm = (nn.BatchNorm1d(VIDEO_DIM, affine=False) if video_norm == "batchnorm"
+        self.video_norm = (nn.BatchNorm1d(v, affine=False) if video_norm == "batchnorm"
                            else nn.Identity())
-        self.video_head = nn.Sequential(nn.Linear(VIDEO_DIM, va_dim), nn.BatchNorm1d(va_dim),
+        self.video_head = nn.Sequential(nn.Linear(v, va_dim), nn.BatchNorm1d(va_dim),
                                         nn.ReLU(inplace=True), nn.Linear(va_dim, va_dim))
         self.va_to_vat = nn.Linear(va_dim, vat_dim)
         self.text_pooling = SentenceMaxpool(word_dim, embed_dim)

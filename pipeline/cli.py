@@ -24,6 +24,12 @@ COMMANDS = {
     "sources": Command("stages.sources", "Fetch a built-in dataset's official files into "
                                          "data/sources/<dataset>/ (DVC-tracked), or set up "
                                          "an own-media dataset's folders."),
+    "demo_language": Command("stages.demo_language", "Generate a second-language demo: the "
+                                                     "demo's concepts narrated in another "
+                                                     "language, without clip annotations."),
+    "segment": Command("stages.segment", "Clips from the speech in a custom dataset's media, "
+                                         "drawn into video-disjoint train/val/test splits "
+                                         "(annotations CSV)."),
     "manifest": Command("stages.manifest", "Annotation files -> the dataset's manifests "
                                            "(videos, clips)."),
     "download": Command("stages.download", "Download a dataset's videos (yt-dlp on dask) and "
@@ -44,6 +50,12 @@ COMMANDS = {
                                                      "annotated clips and captions."),
     "evaluate_text": Command("stages.evaluate_text", "Text retrieval tables (T->V, T+A->V, "
                                                      "...) for each text model setting."),
+    "transfer": Command("stages.transfer", "The language cascade (Table 5.1): target only "
+                                           "and source -> target models, each scored on "
+                                           "both datasets."),
+    "study": Command("stages.study", "Data-scale study: pretrain, fine-tune and evaluate at "
+                                     "several train.fraction values as DVC experiments and "
+                                     "plot recall against the fraction."),
     "index": Command("stages.index", "Embed a dataset's clips or windows with one checkpoint "
                                      "into a search index (data/search/<dataset>)."),
     "search": Command("stages.search", "Search an index by voice (audio file or clip) or "

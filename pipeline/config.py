@@ -164,13 +164,16 @@ class DemoParams:
     fps: int = param(30, "video frame rate, frames per second", ge=1, le=120)
     speech: bool = param(True, "speak each concept's name with espeak-ng over its sound")
     spoken_fraction: float = param(
-        0.6, "share of the segments whose name is spoken (with speech: true); the others carry "
+        0.8, "share of the segments whose name is spoken (with speech: true); the others carry "
              "their sound only, like clips without narration (the Sounds subsets of stage "
              "speech@demo). Drawn per segment, seeded", ge=0.0, le=1.0)
     speech_only_fraction: float = param(
-        0.25, "share of the segments narrated without their sound (at most spoken_fraction): "
+        0.5, "share of the segments narrated without their sound (at most spoken_fraction): "
               "the name alone must then tell the concept, as in spoken search", ge=0.0, le=1.0)
-    noise_level: float = param(0.03, "background noise amplitude (full scale = 1)", ge=0.0, le=1.0)
+    noise_level: float = param(0.0, "background noise amplitude (full scale = 1); 0: silence "
+                                    "between the sounds and names. A video-wide noise band "
+                                    "let the model match clips by their background and not "
+                                    "learn the spoken names", ge=0.0, le=1.0)
     workers: int = param(2, "parallel ffmpeg encoders", ge=1, le=64)
 
     def __post_init__(self) -> None:
@@ -420,9 +423,10 @@ class ExtractParams:
                                         "IMAGENET1K_V1), a .pth path, or random[:SEED]")
     weights_3d: str = param("kinetics", "ResNeXt-101 weights: kinetics (Hara's Kinetics-400 "
                                         "file), a .pth path, or random[:SEED]")
-    demo_weights: str = param("random", "weights for BOTH backbones on the offline demo "
-                                        "dataset (no internet there); 'official' uses "
-                                        "weights_2d / weights_3d like every other dataset")
+    demo_weights: str = param("random", "weights for BOTH backbones on the offline demos "
+                                        "(demo and the demo_language datasets: no internet "
+                                        "there); 'official' uses weights_2d / weights_3d "
+                                        "like every other dataset")
     weights_dir: str = param("data/weights", "folder the official weight files are looked up "
                                              "in (and downloaded to, when online)")
     download_weights: bool = param(True, "download a missing torchvision file when online")
@@ -495,8 +499,13 @@ class ModelParams:
     ranking_margin: float = param(0.1, "max-margin ranking loss margin m", ge=0)
     temperature: float = param(0.1, "InfoNCE temperature", gt=0)
     video_norm: Literal["none", "batchnorm"] = param(
-        "none", "standardise the 4096-d video input before its head (paper: none; the offline "
+        "none", "standardise the video input before its head (paper: none; the offline "
         "demo's random-backbone features need batchnorm, see models/avlnet.py)")
+    visual: Literal["2d3d", "2d", "3d"] = param(
+        "2d3d", "visual features the video branch takes: 2d3d = [2D || 3D] 4096-d (paper), 2d = "
+        "ResNet-152 only, 3d = ResNeXt-101 only, 2048-d each (Table 3 '2D only'; 2d is the "
+        "start for images). Recorded in checkpoints: evaluation, fine-tuning and search use "
+        "the checkpoint's")
     word_dim: int = param(300, "word vector size of the text branch (GoogleNews: 300)", ge=1,
                           le=4096)
     mmv_va_dim: int = param(512, "mmv_fac: fine (video-audio) space size", ge=1, le=65536)
@@ -536,6 +545,10 @@ class TrainParams:
     lr_decay: float = param(0.9, "lr multiplied by this after every epoch (paper: 0.9)", gt=0,
                             le=1)
     seed: int = param(0, "seeds data order, windows and initialisation")
+    fraction: float = param(1.0, "share of the usable train videos pretrained on (the data-scale "
+                                 "study, thesis Fig. 5-3): round(fraction x n), at least 1, "
+                                 "chosen by a seeded hash of the video id, so a larger "
+                                 "fraction keeps the smaller one's videos", gt=0, le=1)
     workers: int = param(2, "data loader worker processes", ge=0, le=256)
     precision: Literal["auto", "float32", "bf16", "fp16"] = param(
         "auto", "auto: bf16 autocast on CUDA, float32 on the CPU")
@@ -574,8 +587,9 @@ class FinetuneParams:
                                                           "reference fine-tunes; train: usual "
                                                           "training mode")
     clip_frames: int = param(0, "audio frames per clip, padded or cropped; 0 = the dataset's "
-                                "(5120 YouCook2/CrossTask, 3072 MSR-VTT, 512 demo); evaluation "
-                                "uses the same", ge=0, le=1_000_000)
+                                "(5120 YouCook2/CrossTask, 3072 MSR-VTT, 512 demo; own media: "
+                                "the longest clip, rounded up to 256, at most 5120); "
+                                "evaluation uses the same", ge=0, le=1_000_000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -658,6 +672,11 @@ class SearchParams:
     threads: int = param(0, "faiss threads while building; 0 = faiss's default", ge=0, le=1024)
     top: int = param(10, "results per query of spoken@ (its page and first-hit rank)", ge=1,
                      le=1000)
+    query_min_s: float = param(2.0, "an audio query shorter than this is trimmed of its "
+                                    "leading and trailing silence and centred in this many "
+                                    "seconds of silence, as speech sits between pauses in the "
+                                    "clips the model learnt from; 0: as recorded", ge=0.0,
+                               le=60.0)
     voice: str = param("en-gb", "espeak-ng voice of spoken@'s queries; the demo's videos speak "
                                 "en-us voices, so another accent tests unseen speech")
     speed: int = param(160, "espeak-ng words per minute of spoken@'s queries", ge=80, le=450)
@@ -781,6 +800,105 @@ class AnalysisParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class DemoLanguageParams:
+    """One second-language demo dataset (params `demo_language.<name>`)."""
+
+    language: str = param("de", "language code, a key of LANGUAGES in "
+                                "pipeline/data/demo_language.py (de, fr, es)")
+    n_videos: int = param(16, "number of videos", ge=2, le=2000)
+    n_concepts: int = param(10, "concepts used: the English demo's first n (at most 12)",
+                            ge=2, le=12)
+    min_duration_s: float = param(10.0, "shortest video, seconds", ge=5.0, le=600.0)
+    max_duration_s: float = param(16.0, "longest video, seconds", ge=5.0, le=600.0)
+    segments_per_video: int = param(3, "concept segments per video (at most; as many as the "
+                                       "length allows)", ge=1, le=20)
+    frame_size: str = param("320x240", "WIDTHxHEIGHT of every video")
+    fps: int = param(30, "frame rate", ge=1, le=120)
+    seed: int = param(1, "RNG seed (not the English demo's 0, so the videos differ)", ge=0)
+    workers: int = param(2, "parallel ffmpeg encoders", ge=1, le=64)
+
+    def __post_init__(self) -> None:
+        if self.min_duration_s > self.max_duration_s:
+            _fail("min_duration_s", f"must be <= max_duration_s ({self.max_duration_s})")
+        try:
+            DemoParams(frame_sizes=[self.frame_size])
+        except ParamsError as e:
+            _fail("frame_size", str(e).split(": ", 1)[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferParams:
+    """Stage transfer@<target>: target only and the cascade trained on a target dataset, every
+    Table 5.1 row scored on the source's and the target's eval splits."""
+
+    targets: dict[str, str] = param({}, "target dataset -> source dataset, by name in "
+                                        "`datasets` (e.g. demo-ja: demo); one stage per target")
+    cascade: bool = param(True, "also fine-tune finetune@<source>'s model onto the target "
+                                "(pretrain + source + target, the thesis's HowTo100M -> "
+                                "YouCook2 -> another)")
+    target_only_epochs: int = param(0, "epochs of the target-only model (from scratch); 0: "
+                                        "finetune.epochs, the fine-tuned rows' budget. A model "
+                                        "from scratch needs more: give it pretraining's",
+                                    ge=0, le=100000)
+    batch: int = param(64, "clips embedded per forward (evaluation)", ge=1, le=65536)
+    device: Literal["auto", "cpu", "cuda"] = param("auto", "evaluation device: CUDA when "
+                                                           "present, else the CPU (training "
+                                                           "uses train.device)")
+    verify: Literal["sha256", "size"] = param("sha256", "how evaluation checks the feature "
+                                                        "shards before reading them")
+
+    def __post_init__(self) -> None:
+        for target, source in self.targets.items():
+            for name in (target, source):
+                if not NAME.match(name):
+                    _fail("targets", f"{target}: {name!r} is not a dataset name (a-z, "
+                                      "0-9, _ and -, at most 64)")
+            if target == source:
+                _fail("targets", f"{target}: the source is the target; transfer needs "
+                                  "another dataset as the source")
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentParams:
+    """Stage segment@<dataset>: clips from the speech in a custom dataset's media (no clip
+    annotations: the YouCook-Japanese recipe, extensions.md §4) -> its annotations CSV."""
+
+    datasets: list[str] = param([], "custom datasets segmented, by name (each reads the CSV as "
+                                    "manifest.<name>.annotations: segments.csv)")
+    threshold: float = param(0.5, "silero-vad speech probability threshold; lower it when a "
+                                  "language's speech is not found", ge=0.01, le=0.99)
+    min_speech_ms: int = param(250, "shortest speech segment kept, ms", ge=0, le=60000)
+    min_silence_ms: int = param(100, "silence that ends a speech segment, ms", ge=0, le=60000)
+    speech_pad_ms: int = param(100, "padding added to each side of a speech segment, ms",
+                               ge=0, le=5000)
+    merge_gap_s: float = param(2.0, "speech segments at most this many seconds apart join one "
+                                    "clip", ge=0.0, le=3600.0)
+    min_s: float = param(5.0, "shortest clip, s (YouCook-Japanese: 5); shorter speech is "
+                              "widened with the audio around it, or dropped and counted when "
+                              "the video has no room", gt=0.0, le=3600.0)
+    max_s: float = param(50.0, "longest clip, s (YouCook-Japanese: 50; at least 2 * min_s); "
+                               "longer speech is cut at pauses", gt=0.0, le=86400.0)
+    extend_short: bool = param(True, "widen clips shorter than min_s with context (false: "
+                                     "drop them, counted)")
+    val_fraction: float = param(0.2, "share of the videos with clips in val", ge=0.0, le=1.0)
+    test_fraction: float = param(0.2, "share of the videos with clips in test (train: the "
+                                      "rest)", ge=0.0, le=1.0)
+    n_train: int = param(0, "train clips drawn at random (0: all)", ge=0, le=10_000_000)
+    n_val: int = param(0, "val clips drawn at random (0: all)", ge=0, le=10_000_000)
+    n_test: int = param(0, "test clips drawn at random (0: all)", ge=0, le=10_000_000)
+    seed: int = param(0, "seed of the video split and the clip draws", ge=0)
+    max_failed_fraction: float = param(0.5, "the stage fails when more than this share of "
+                                            "the files cannot be decoded", ge=0.0, le=1.0)
+
+    def __post_init__(self) -> None:
+        if self.max_s < 2 * self.min_s:
+            _fail("max_s", f"{self.max_s} is below 2 * min_s ({2 * self.min_s}): long speech "
+                           "could not be cut into pieces within both")
+        if self.val_fraction + self.test_fraction > 1:
+            _fail("test_fraction", "val_fraction + test_fraction must be at most 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     """The whole params.yaml."""
 
@@ -789,6 +907,10 @@ class Params:
                           "keeps its own name; custom and lsmdc ones take any name)")
     demo: DemoParams = param(DemoParams(), "demo generator")
     manifest: ManifestSection = param(ManifestSection(), "manifest stage")
+    demo_language: dict[str, DemoLanguageParams] = param(
+        {}, "second-language demos (stage demo_language@<name>): dataset name -> settings")
+    segment: SegmentParams = param(SegmentParams(), "speech-segmented clips of own media "
+                                                    "(stage segment@)")
     cluster: ClusterParams = param(ClusterParams(), "dask cluster for download and extraction")
     download: DownloadParams = param(DownloadParams(), "download stage")
     extract: ExtractParams = param(ExtractParams(), "feature extraction stage")
@@ -799,6 +921,8 @@ class Params:
     analysis: AnalysisParams = param(AnalysisParams(), "analyses of the trained models")
     search: SearchParams = param(SearchParams(), "spoken-query search (index@, spoken@, "
                                                  "avl search)")
+    transfer: TransferParams = param(TransferParams(), "language cascade, Table 5.1 (stage "
+                                                       "transfer@<target>)")
 
     def __post_init__(self) -> None:
         for name, kind in self.datasets.items():
@@ -822,6 +946,10 @@ class Params:
         for key, names in (("text.finetune.datasets", self.text.finetune.datasets),
                            ("text.evaluate.datasets", self.text.evaluate.datasets),
                            ("text.captions", self.text.captions),
+                           ("segment.datasets", self.segment.datasets),
+                           ("demo_language", list(self.demo_language)),
+                           ("transfer.targets", [*self.transfer.targets,
+                                                 *self.transfer.targets.values()]),
                            ("analysis.speech.datasets", self.analysis.speech.datasets),
                            ("analysis.speech.truth", list(self.analysis.speech.truth)),
                            ("analysis.concepts.words_files",

@@ -37,7 +37,8 @@ def cli(**kw) -> int:
         dirs = params.media_dirs(ds, videos)   # own media: their folder too
         table = read_availability(ledger, root, dirs)
         s = extract(ds, table, args.out or Path("data/features", ds), params.extract,
-                    params.cluster, root, videos_dir=dirs, where=str(ledger))
+                    params.cluster, root, videos_dir=dirs, where=str(ledger),
+                    demo=ds == "demo" or ds in params.demo_language)
         log.info("%s: %s", ds, s["status"])
         return 0
 

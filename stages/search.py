@@ -45,7 +45,8 @@ def cli(index_dir: Path, audio: Path | None, clip_id: str | None, text: str | No
         index = q.open_index(index_dir)
         mf = q.checked_model(index, checkpoint, device)
         if audio is not None:
-            query = q.file_query(index, mf, audio)
+            from pipeline.config import load_params
+            query = q.file_query(index, mf, audio, load_params(params).search.query_min_s)
         elif clip_id is not None:
             query = q.clip_query(index, mf, clip_id)
         else:

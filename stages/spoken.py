@@ -33,7 +33,7 @@ def cli(dataset: str, params: Path, index_dir: Path | None, out: Path) -> int:
         media = load_media(open_index(folder), Path.cwd(),
                            pp.media_dirs(dataset, Path("data/videos", dataset)))
         s = spoken_check(folder, words, out, voice=p.voice, speed=p.speed, top=p.top,
-                         device=p.device, media=media)
+                         device=p.device, media=media, min_s=p.query_min_s)
         log.info("%s: %d of %d spoken concepts at rank 1; reports in %s/%s.{json,md,html}",
                  dataset, s["hits"], s["n_words"], out, dataset)
         return 0

@@ -27,6 +27,47 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+# the opt-in German demo and its cascade, as docs/guide/transfer.md tells a user to add it
+GERMAN_DEMO = {
+    "datasets": {"demo_de": "custom"},
+    "demo_language": {"demo_de": {"language": "de", "n_videos": 48, "n_concepts": 10,
+                                  "min_duration_s": 10.0, "max_duration_s": 16.0,
+                                  "segments_per_video": 3, "frame_size": "320x240", "fps": 30,
+                                  "seed": 1, "workers": 2}},
+    "manifest": {"demo_de": {"media": "media", "annotations": "segments.csv",
+                             "extensions": ["mp4"]}},
+    "segment": {"datasets": ["demo_de"]},
+    "finetune": {"datasets": ["demo", "demo_de"]},
+    "transfer": {"targets": {"demo_de": "demo"}}}
+
+
+def with_german_demo(data: dict) -> dict:
+    """Shipped params (a dict) with GERMAN_DEMO merged in (mappings merged, lists replaced)."""
+    for section, entries in GERMAN_DEMO.items():
+        for key, value in entries.items():
+            if isinstance(data[section].get(key), dict) and isinstance(value, dict):
+                data[section][key].update(value)
+            else:
+                data[section][key] = value
+    return data
+
+
+def without_language_demos(data: dict) -> dict:
+    """Shipped params (a dict) without the second-language demos (params `demo_language`) and
+    every entry that names them: for tests that replace `datasets`."""
+    names = set(data.get("demo_language") or {})
+    data["demo_language"] = {}
+    for name in names:
+        data["datasets"].pop(name, None)
+        data["manifest"].pop(name, None)
+    data["transfer"]["targets"] = {t: s for t, s in data["transfer"]["targets"].items()
+                                   if t not in names and s not in names}
+    for section in (data["segment"], data["finetune"], data["evaluate"], data["search"],
+                    data["analysis"]["speech"]):
+        section["datasets"] = [d for d in section["datasets"] if d not in names]
+    return data
+
+
 @pytest.fixture(scope="session")
 def tiny_mp4(tmp_path_factory) -> bytes:
     """The bytes of a 1 s, 32x24 mp4 with a sine tone: media for download tests."""

@@ -23,7 +23,7 @@ import pipeline
 from pipeline.cli import COMMANDS, cli
 from pipeline.config import ParamsError
 from stages.common import check_dataset
-from tests.conftest import ROOT
+from tests.conftest import ROOT, without_language_demos
 
 try:
     import tomllib
@@ -92,8 +92,12 @@ def test_python_m_stage_help_is_the_same_command(name, capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"Usage: python -m {COMMANDS[name].module} [OPTIONS]")
     via_avl = CliRunner().invoke(cli, [name, "--help"]).output
-    # everything after the usage line is the same text (wrapped to another width, maybe)
-    assert out.split("\n", 1)[1].split() == via_avl.split("\n", 1)[1].split()
+    # everything after the usage line is the same text (wrapped to another width, maybe, and
+    # a width may break a hyphenated word: silero-vad)
+    def words(text):
+        return re.sub(r"-\s+", "-", " ".join(text.split("\n", 1)[1].split())).split()
+
+    assert words(out) == words(via_avl)
 
 
 @pytest.mark.parametrize("name", PRESENT)
@@ -147,7 +151,7 @@ def test_help_start_up_is_a_small_multiple_of_a_bare_interpreter():
 
 
 def _project(tmp_path: Path, datasets: dict) -> Path:
-    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data = without_language_demos(yaml.safe_load((ROOT / "params.yaml").read_text()))
     data["datasets"] = datasets
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return tmp_path

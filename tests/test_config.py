@@ -11,24 +11,33 @@ from pipeline.config import DemoParams, Params, ParamsError, from_dict, load_par
 from tests.conftest import ROOT
 
 
-def test_shipped_params_load_and_match_defaults():
+def test_shipped_params_load_and_match_defaults(tmp_path):
     p = load_params(ROOT / "params.yaml")
     assert p.datasets == {"demo": "demo"}
     # params.yaml spells out every key, so the file documents the full configuration; its values
-    # are the defaults except train / finetune / text / analysis, a small configuration for the
-    # CPU demo (the defaults there are the paper's)
+    # are the defaults except train / finetune / text / analysis / search / segment, a small
+    # configuration for the CPU demo (the defaults there are the paper's), and the entries of
+    # the shipped demos (the maps are empty by default)
     shipped, defaults = to_dict(p), to_dict(Params())
 
     def keys(d, prefix=""):
         return {prefix + k for k in d} | {x for k, v in d.items() if isinstance(v, dict)
                                           for x in keys(v, f"{prefix}{k}.")}
 
-    # the analyses' dataset -> file maps are empty by default; the shipped file fills in the demo
-    demo_maps = {"analysis.speech.truth.demo", "analysis.concepts.words_files.demo"}
-    assert keys(yaml.safe_load((ROOT / "params.yaml").read_text())) == keys(defaults) | demo_maps
-    small = ("train", "finetune", "text", "analysis", "search")
+    demos = ("analysis.speech.truth.demo", "analysis.concepts.words_files.demo")
+    file_keys = keys(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    assert keys(defaults) <= file_keys
+    extra = file_keys - keys(defaults)
+    assert {next(d for d in demos if k == d or k.startswith(d + ".")) for k in extra} == \
+        set(demos), extra
+    small = ("train", "finetune", "text", "analysis", "search", "segment", "datasets",
+             "demo_language", "transfer")
     assert {k: v for k, v in shipped.items() if k not in small} == \
         {k: v for k, v in defaults.items() if k not in small}
+    # the opt-in German demo (tests/conftest.py, as docs/guide/transfer.md adds it) loads
+    from tests.conftest import with_german_demo
+    german = with_german_demo(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    assert _load(tmp_path, german).transfer.targets == {"demo_de": "demo"}
     assert defaults["train"]["model"]["embed_dim"] == 4096 and defaults["finetune"]["batch"] == 256
     assert defaults["text"]["train"]["model"]["embed_dim"] == 6144      # Tri, as released
 

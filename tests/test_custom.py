@@ -231,3 +231,23 @@ def test_lsmdc_bad_rows(tmp_path):
     f.write_text("clip\t00.00.01.000\t00.00.02.000\t1.5\t00.00.02.000\ttext\n")
     with pytest.raises(ManifestError, match="HH.MM.SS.mmm"):
         lsmdc.read_annotations(f)
+
+
+@pytest.mark.parametrize("spans, frames", [
+    ([(0.0, 4.0), (10.0, 18.98)], 1024),     # longest 8.98 s: 898 frames -> 4 x 256
+    ([(0.0, 2.56)], 256),
+    ([(0.0, 300.0)], 5120),                  # capped: the YouCook2 length
+])
+def test_own_clip_frames_follow_the_longest_clip(tmp_path, spans, frames):
+    """An own dataset's clips are padded to its longest clip (rounded up to 256 frames, at most
+    5120), not always to 51 s; a manifest that records a length keeps it."""
+    import pyarrow as pa
+
+    from pipeline.learn.sampling import OWN_CLIP_FRAMES, clip_frames_of
+    assert clip_frames_of("mine", tmp_path) == OWN_CLIP_FRAMES      # no clips.parquet
+    pq.write_table(pa.table({"start_s": [s for s, _ in spans], "end_s": [e for _, e in spans]}),
+                   tmp_path / "clips.parquet")
+    assert clip_frames_of("mine", tmp_path) == frames
+    (tmp_path / "manifest.json").write_text(json.dumps({"clip_frames": 3072}))
+    assert clip_frames_of("mine", tmp_path) == 3072
+    assert clip_frames_of("demo", tmp_path) == 512                   # built-in: the table

@@ -720,6 +720,13 @@ def _section(cls: type, prefix: str, title: str | None = None) -> list[str]:
     return out
 
 
+def _entries(tp: typing.Any) -> type | None:
+    """The dataclass of a section that maps names to settings (dict[str, X]), else None."""
+    if typing.get_origin(tp) is dict and dataclasses.is_dataclass(typing.get_args(tp)[1]):
+        return typing.get_args(tp)[1]
+    return None
+
+
 def params_reference() -> str:
     """The params tables, generated from pipeline/config.py's dataclasses."""
     hints = typing.get_type_hints(config.Params)
@@ -736,6 +743,8 @@ def params_reference() -> str:
                 out += _section(cls, "manifest.<name>", f"`manifest.<name>` (kind {kind})")
         elif dataclasses.is_dataclass(tp):
             out += _section(tp, name)
+        elif _entries(tp):    # name -> settings (demo_language.<name>)
+            out += _section(_entries(tp), f"{name}.<name>")
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -796,8 +805,9 @@ def test_params_reference_lists_every_key():
     text = PARAMS_REF.read_text(encoding="utf-8")
     for section in SECTIONS - {"datasets", "manifest"}:
         cls = typing.get_type_hints(config.Params)[section]
-        for name in _fields(cls):
-            assert f"`{section}.{name}`" in text or f"### {section}.{name}" in text
+        prefix = f"{section}.<name>" if _entries(cls) else section
+        for name in _fields(_entries(cls) or cls):
+            assert f"`{prefix}.{name}`" in text or f"### {prefix}.{name}" in text
 
 
 def test_stages_reference_names_every_command_and_stage():

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import copy_project
+from tests.conftest import copy_project, with_german_demo
 
 TINY_CLUSTER = {"workers": 1, "threads_per_worker": 2, "processes": True}
 TINY_EXTRACT = {"shard_videos": 2}
@@ -29,6 +29,8 @@ TINY_TEXT = {"train": {**TINY_TRAIN, "model": {**TINY_TRAIN["model"],
 TINY_DEMO = {"n_videos": 4, "n_val": 1, "n_concepts": 3, "min_duration_s": 5.0,
              "max_duration_s": 6.0, "segments_per_video": 1,
              "frame_sizes": ["320x240"], "fps": 30, "workers": 2}
+TINY_LANGUAGE = {"n_videos": 4, "n_concepts": 3, "min_duration_s": 8.0, "max_duration_s": 9.0,
+                 "segments_per_video": 1}
 
 
 def _run(cwd: Path, *args: str) -> str:
@@ -51,11 +53,14 @@ def _set_params(project: Path, fn) -> None:
 def project(tmp_path_factory) -> Path:
     """The tracked project files (as a fresh clone has them) in a new git repo."""
     dest = copy_project(tmp_path_factory.mktemp("clone") / "p")
-    _set_params(dest, lambda d: (d["demo"].update(TINY_DEMO), d["cluster"].update(TINY_CLUSTER),
+    # with the opt-in German demo, as docs/guide/transfer.md adds it
+    _set_params(dest, lambda d: (with_german_demo(d), d["demo"].update(TINY_DEMO), d["cluster"].update(TINY_CLUSTER),
                                  d["extract"].update(TINY_EXTRACT), d["train"].update(TINY_TRAIN),
                                  d["finetune"].update(TINY_FINETUNE),
                                  d["text"]["train"].update(TINY_TEXT["train"]),
-                                 d["text"]["finetune"].update(TINY_TEXT["finetune"])))
+                                 d["text"]["finetune"].update(TINY_TEXT["finetune"]),
+                                 d["demo_language"]["demo_de"].update(TINY_LANGUAGE),
+                                 d["transfer"].update(target_only_epochs=1)))
     _run(dest, "git", "init", "-q")
     _run(dest, "git", "add", "-A")
     _run(dest, "git", "commit", "-qm", "clone")
@@ -67,7 +72,9 @@ def test_repro_runs_the_whole_demo(project):
     for stage in ("demo", "manifest@demo", "download@demo", "audit", "extract@demo", "train",
                   "finetune@demo", "evaluate@demo", "captions@demo", "train_text",
                   "finetune_text@demo", "evaluate_text@demo", "speech@demo",
-                  "speech_recall@demo", "concepts@demo", "index@demo", "spoken@demo"):
+                  "speech_recall@demo", "concepts@demo", "index@demo", "spoken@demo",
+                  "demo_language@demo_de", "segment@demo_de", "manifest@demo_de",
+                  "extract@demo_de", "finetune@demo_de", "transfer@demo_de"):
         assert f"Running stage '{stage}'" in out
     videos = pq.read_table(project / "manifests/demo/videos.parquet").to_pylist()
     assert len(videos) == 4
@@ -107,6 +114,11 @@ def test_repro_runs_the_whole_demo(project):
               "data/search/demo/record.json", "reports/search/demo.html"):
         assert (project / f).is_file(), f
     assert json.loads((project / "reports/search/demo.json").read_text())["n_words"] == 3
+    # the second-language demo: clips cut from its speech, then the Table 5.1 rows on both
+    clips = pq.read_table(project / "manifests/demo_de/clips.parquet").to_pylist()
+    assert clips and {c["split"] for c in clips} <= {"train", "val"}
+    transfer = json.loads((project / "reports/transfer/demo_de.json").read_text())
+    assert 0 <= transfer["cascade/target/audio_to_video_R@10"] <= 1, transfer
     shown = _run(project, "dvc", "metrics", "show")
     assert "fine_tuned/paper/audio_to_video_R@10" in shown
     assert "fine_tuned/paper/text_audio_to_video_R@10" in shown

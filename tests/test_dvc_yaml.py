@@ -62,6 +62,10 @@ FOREACH = {"${datasets}": ALL_DATASETS,
            "${text.evaluate.datasets}": CLIP_DATASETS,
            "${analysis.speech.datasets}": CLIP_DATASETS,
            "${search.datasets}": CLIP_DATASETS,
+           "${segment.datasets}": ("my-custom",),
+           # second-language demo -> its settings; transfer target -> its source
+           "${demo_language}": {"my-custom": "settings (unused by the stage)"},
+           "${transfer.targets}": {"my-custom": "demo"},
            # dataset -> its word timings: the demo generator's, or stage speech@'s ASR words
            "${analysis.concepts.words_files}": {
                "demo": "data/demo/words.parquet",

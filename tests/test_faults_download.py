@@ -85,10 +85,13 @@ def server(media):
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]
+    # a port bound and never listened on: connections to it are refused, and no server started
+    # later in the module can take it (a port closed again was, once, and answered 404)
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    dead = held.getsockname()[1]
     yield f"http://127.0.0.1:{srv.server_address[1]}", dead, hits
+    held.close()
     srv.shutdown()
     srv.server_close()
 

@@ -156,8 +156,8 @@ def test_released_checkpoint_alone_replaces_the_default_settings(project, monkey
      "'GU_video.cg.fc.weight' has shape (16, 16), expected (32, 32)"),
     (lambda sd: sd.update({"GU_text.fc.weight": torch.zeros(4, 4)}),
      "unexpected 'GU_text.fc.weight'"),
-    (lambda sd: sd.update({"GU_video.fc.weight": torch.zeros(32, 2048)}),
-     "'GU_video.fc.weight' takes 2048-d video input; this pipeline's video features are "
+    (lambda sd: sd.update({"GU_video.fc.weight": torch.zeros(32, 1000)}),   # 2048: visual 2d
+     "'GU_video.fc.weight' takes 1000-d video input; this pipeline's video features are "
      "4096-d"),
 ])
 def test_a_damaged_state_dict_is_one_clear_line(tmp_path, damage, words):

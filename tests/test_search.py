@@ -232,8 +232,9 @@ def test_audio_file_queries_wav_mp3_stereo_and_video(project, caplog):
     mf = _model(index)
     qd = project / "queries"
     wav = q.file_query(index, mf, qd / "q.wav")
-    assert wav.notes == []
     wave16, _ = q.read_audio(qd / "q.wav")
+    wave16, fitted = q.fit_query(wave16, q.QUERY_MIN_S)
+    assert wav.notes == fitted
     x, _ = pad_or_crop(logmel(wave16).numpy(), 512)
     direct = audio_vectors(mf.model, "avlnet", torch.from_numpy(x)[None],
                            torch.tensor([logmel(wave16).shape[1]]))[0].numpy()
@@ -241,7 +242,7 @@ def test_audio_file_queries_wav_mp3_stereo_and_video(project, caplog):
     with caplog.at_level("INFO"):
         for name in ("stereo44k.wav", "q.mp3"):
             other = q.file_query(index, mf, qd / name)
-            assert other.notes == ["resampled from 44100 Hz, 2 channel(s) to 16000 Hz mono"]
+            assert other.notes[0] == "resampled from 44100 Hz, 2 channel(s) to 16000 Hz mono"
             assert np.corrcoef(other.vector, wav.vector)[0, 1] > 0.9
     assert "resampled from 44100 Hz" in caplog.text
     video = q.file_query(index, mf, project / "data/videos/demo/synthvid002.mp4")
@@ -320,3 +321,19 @@ def test_spoken_concept_check_writes_its_reports(project, tmp_path):
     assert "| tomato |" in (tmp_path / "demo.md").read_text()
     page = (tmp_path / "demo.html").read_text()
     assert page.count("<audio") == 2 and "no frame" in page     # no media given: placeholders
+
+
+def test_a_short_query_is_trimmed_and_centred_in_silence():
+    sr = q.SAMPLE_RATE
+    word = (0.5 * np.sin(np.linspace(0.1, 400, sr // 2))).astype(np.float32)
+    wave = np.concatenate([np.zeros(sr // 10, np.float32), word, np.zeros(sr // 5, np.float32)])
+    out, notes = q.fit_query(wave, 2.0)
+    assert len(out) == 2 * sr
+    assert notes == ["query of 0.50 s centred in 2 s of silence (search.query_min_s)"]
+    at = (2 * sr - len(word)) // 2
+    assert np.array_equal(out[at:at + len(word)], word)          # the sound, centred
+    assert not out[:at].any() and not out[at + len(word):].any()
+    long = np.ones(3 * sr, np.float32)
+    assert np.array_equal(q.fit_query(long, 2.0)[0], long) and q.fit_query(long, 2.0)[1] == []
+    same, none = q.fit_query(wave, 0.0)                           # 0: as recorded
+    assert np.array_equal(same, wave) and none == []

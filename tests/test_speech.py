@@ -210,7 +210,7 @@ def test_run_writes_tables_sets_and_agreement_and_resumes(media, tmp_path, caplo
     caplog.set_level("INFO")
     s2 = sp.run("t", tmp_path / "clips.parquet", paths, out, Detector(), splits=[],
                 eval_split="val", truth=truth)
-    assert "3 of 3 videos already analysed" in caplog.text and s2 == s
+    assert "3 of 3 files already analysed" in caplog.text and s2 == s
     # other detector settings: the journal's entries do not match, everything is redone
     caplog.clear()
     sp.run("t", tmp_path / "clips.parquet", paths, out, Detector(threshold=0.6), splits=[],

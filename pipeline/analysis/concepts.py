@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 
-from models.avlnet import AVLnet, TIME_STRIDE
+from models.avlnet import AVLnet, TIME_STRIDE, visual_of
 from pipeline.data.manifest import read_clips, write_json_atomic, write_parquet_atomic
 from pipeline.download.ledger import read_availability
 from pipeline.evaluate import pages
@@ -391,7 +391,8 @@ def discover(dataset: str, features: Path, manifest_dir: Path, checkpoint: Path,
     mf = load_model(checkpoint, dev)
     check_audio_video(mf.model, mf.config, checkpoint)
     store = FeatureStore(features, verify=verify)
-    ds = AnnotatedClips(store, refs, clip_frames or clip_frames_of(dataset, manifest_dir))
+    ds = AnnotatedClips(store, refs, clip_frames or clip_frames_of(dataset, manifest_dir),
+                        visual_of(mf.model))
     label_of = dict(zip((c.clip_id for c in refs), lab))
     clip_lab = [label_of[c.clip_id] for c in ds.clips]
     if not any(clip_lab):

@@ -257,6 +257,40 @@ def _append(path: Path, entry: dict) -> None:
 # --------------------------------------------------------------------------- clips
 
 
+def detect_all(files: dict[str, Path | None], journal: Path, d: Detector, label: str
+               ) -> dict[str, dict]:
+    """Speech segments of every file (name -> file; None: missing), journalled: the entries
+    of `journal` made with the same detector and media are kept, the others detected and
+    appended one by one -> name -> journal entry (detect_video's: status ok / no_audio /
+    missing / failed, duration_s, segments, words, error). An unforeseen error on one file
+    becomes its `failed` status."""
+    done = read_journal(journal, d, files)
+    todo = [v for v in files if v not in done]
+    if done:
+        log.info("%s: %d of %d files already analysed (journal %s)", label,
+                 len(files) - len(todo), len(files), journal)
+    model = load_vad() if todo else None
+    t0 = time.monotonic()
+    failed = 0
+    for i, name in enumerate(todo, 1):
+        try:
+            e = detect_video(model, name, files[name], d)
+        except Exception as exc:   # noqa: BLE001 - one file's unforeseen failure: its status
+            e = {"video_id": name, "key": d.key(), "media": media_key(files[name]),
+                 "status": "failed", "duration_s": 0.0, "segments": [], "words": [],
+                 "error": f"{files[name]}: {type(exc).__name__}: {exc}"}
+        _append(journal, e)
+        done[name] = e
+        if e["status"] != "ok":
+            failed += 1
+            log.warning("%s: %s: %s (%s)", label, name, e["status"], e["error"])
+        if i % 20 == 0 or i == len(todo):
+            el = max(time.monotonic() - t0, 1e-9)
+            log.info("%s: %d/%d files, %.2f files/s, ETA %.0f s, %d not ok", label, i,
+                     len(todo), i / el, el / i * (len(todo) - i), failed)
+    return {v: done[v] for v in files}
+
+
 def overlap(a0: float, a1: float, spans: list) -> float:
     """Seconds of [a0, a1] covered by the (start, end, ...) spans (assumed disjoint)."""
     return float(sum(max(0.0, min(a1, s[1]) - max(a0, s[0])) for s in spans))
@@ -354,25 +388,8 @@ def run(dataset: str, clips_path: Path, media: dict[str, Path], out: Path, d: De
     truth_words = read_words(truth) if truth is not None else None
     out.mkdir(parents=True, exist_ok=True)
     journal = out / "progress.jsonl"
-    done = read_journal(journal, d, media)
     videos = sorted(set(clips.column("video_id").to_pylist()))
-    todo = [v for v in videos if v not in done]
-    if done:
-        log.info("%s: %d of %d videos already analysed (journal %s)", dataset,
-                 len(videos) - len(todo), len(videos), journal)
-    model = load_vad() if todo else None
-    t0 = time.monotonic()
-    for i, vid in enumerate(todo, 1):
-        e = detect_video(model, vid, media.get(vid), d)
-        _append(journal, e)
-        done[vid] = e
-        if e["status"] != "ok":
-            log.warning("%s: %s: %s (%s)", dataset, vid, e["status"], e["error"])
-        if i % 20 == 0 or i == len(todo):
-            el = time.monotonic() - t0
-            log.info("%s: speech in %d/%d videos, %.1f videos/s, ETA %.0f s", dataset, i,
-                     len(todo), i / el, el / i * (len(todo) - i))
-    entries = {v: done[v] for v in videos}
+    entries = detect_all({v: media.get(v) for v in videos}, journal, d, dataset)
     table = clip_table(clips, entries, d, truth_words)
     sets = subsets(table, eval_split, n, seed)
     statuses = [e["status"] for e in entries.values()]

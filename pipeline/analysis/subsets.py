@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from pipeline.data.manifest import write_json_atomic
 from pipeline.evaluate.metrics import KS, chance, metrics_from_ranks, ranks_from_embeddings
 from pipeline.evaluate.recall import EvaluateError, _write_text_atomic, prepare, setting_result
+from models.avlnet import visual_of
 from pipeline.learn.avdata import AnnotatedClips
 from pipeline.learn.runs import collate_clips
 from pipeline.learn.train import embed
@@ -57,14 +58,14 @@ def evaluate_subsets(dataset: str, features: Path, manifest_dir: Path,
     for name in SETS:
         ids = sets[name]
         refs = [by_id[i] for i in ids if i in by_id]
-        ds = AnnotatedClips(pp.store, refs, pp.ds.frames) if refs else None
+        ds = AnnotatedClips(pp.store, refs, pp.ds.frames, pp.ds.visual) if refs else None
         counts[name] = {"official": len(ids), "present": len(ds) if ds else 0}
         for setting, mf in pp.models.items():
             if ds is None or not len(ds):
                 log.warning("%s: the %s set is empty: not scored", dataset, SETS[name])
                 continue
-            e = embed(mf.model, DataLoader(ds, batch_size=batch, collate_fn=collate_clips),
-                      pp.dev)
+            e = embed(mf.model, DataLoader(ds.with_visual(visual_of(mf.model)),
+                                           batch_size=batch, collate_fn=collate_clips), pp.dev)
             a, v = e["audio"], e["video"]
             m = metrics_from_ranks(ranks_from_embeddings(a, v).numpy(),
                                    ranks_from_embeddings(v, a).numpy(), n_official=len(ids))

@@ -39,11 +39,14 @@ VISIBLE_AFTER_S = 1.0        # the object stays on screen this long after its an
                              # background (a linear concept probe fell from 0.93 to 0.42)
 SPEECH_EVERY_S = 1.5         # the name is repeated this often within a segment
 TONE_PEAK, SPEECH_PEAK = 0.3, 0.7
-# the voices the demo's narration is spoken in (espeak-ng voice, words per minute, pitch 0-99),
-# one drawn per segment: the model hears each name in several voices, as a real narrator's
-# words vary, so a query in a voice it never heard (stage spoken@, en-gb) can still match
+# the voices the demo's narration is spoken in (espeak-ng voice, words per minute, pitch 0-99):
+# each segment starts with a drawn one and every repetition of its name takes the next, so the
+# model hears every name in every voice, as a real narrator's words vary. With one voice per
+# segment the training split held about three narrated examples of a name, too few to learn
+# the word rather than the voice (a supervised probe reached 36 % on val). A query in a voice
+# not among them (stage spoken@: en-gb) can then still match
 VOICES = (("en-us", 140, 50), ("en-us+m3", 125, 40), ("en-us+f2", 155, 60),
-          ("en-us+Annie", 150, 55))
+          ("en-us+Annie", 150, 55), ("en-029+m1", 135, 45), ("en-gb-scotland+f3", 145, 65))
 DUCK_GAIN = 0.1              # the tone's gain while a name is spoken over it (see _ducking)
 SENTENCES = ("add the {}", "slice the {}", "chop the {} into small pieces",
              "put the {} on the plate", "wash the {}", "mix the {} in a bowl", "cut the {} in half",
@@ -343,19 +346,23 @@ def write_text_files(plans: list[VideoPlan], seed: int, out_dir: Path) -> dict:
 # --------------------------------------------------------------------------- audio
 
 
-def _speak(names: list[str], tmp: Path) -> dict[tuple[str, int], np.ndarray]:
-    """Each name spoken by espeak-ng in each of VOICES -> {(name, voice index): float64 at
-    SAMPLE_RATE with peak SPEECH_PEAK}."""
+def _speak(names: list[str], tmp: Path, voices: tuple = VOICES, texts: dict | None = None
+           ) -> dict[tuple[str, int], np.ndarray]:
+    """Each name spoken by espeak-ng in each of `voices` ((voice, words per minute, pitch), the
+    English VOICES by default) -> {(name, voice index): float64 at SAMPLE_RATE with peak
+    SPEECH_PEAK}. texts maps a name to what is said for it (another language's word; default:
+    the name itself)."""
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise DemoError("espeak-ng not found: install espeak-ng (apt-get install espeak-ng) "
                            "or set demo.speech: false in params.yaml")
     out = {}
     for name in names:
-        for k, (voice, speed, pitch) in enumerate(VOICES):
+        for k, (voice, speed, pitch) in enumerate(voices):
             path = tmp / f"speech-{name}-{k}.wav"
+            said = (texts or {}).get(name, name)
             r = subprocess.run([exe, "-v", voice, "-s", str(speed), "-p", str(pitch), "-w",
-                                str(path), name], capture_output=True, text=True)
+                                str(path), said], capture_output=True, text=True)
             if r.returncode != 0:
                 raise DemoError(f"espeak-ng failed for {name!r} in voice {voice} (exit "
                                 f"{r.returncode}): {r.stderr[-2000:]}")
@@ -402,25 +409,28 @@ def _envelope(c: Concept, t: np.ndarray, dur: float) -> np.ndarray:
     return env
 
 
-def _spoken_at(a: int, b: int, n: int) -> list[int]:
-    """Sample offsets at which a segment [a, b) (samples) speaks its n-sample name: SPEECH_AT_S
-    after its start, then every SPEECH_EVERY_S while the whole word fits."""
+def _utterances(s: Segment, a: int, b: int, speech: dict) -> list[tuple[int, np.ndarray]]:
+    """(offset, waveform) of each time a segment [a, b) (samples) speaks its name: SPEECH_AT_S
+    after its start, then every SPEECH_EVERY_S while the whole word fits, repetition k in voice
+    (s.voice + k) mod len(VOICES)."""
     out, at = [], a + round(SPEECH_AT_S * SAMPLE_RATE)
-    while at + n <= b:
-        out.append(at)
+    while True:
+        word = speech[(s.concept, (s.voice + len(out)) % len(VOICES))]
+        if at + len(word) > b:
+            return out
+        out.append((at, word))
         at += round(SPEECH_EVERY_S * SAMPLE_RATE)
-    return out
 
 
-def _ducking(n: int, starts: list[int], length: int) -> np.ndarray:
-    """(n,) gain of a segment's tone: DUCK_GAIN while a name is spoken (each start to its end,
-    offsets in samples), 50 ms raised-cosine ramps before and after, 1 elsewhere. Narration over
-    a background sound is mixed like this; at full level the tone masks the name and a voice
-    activity detector (stage speech@demo) no longer hears it."""
+def _ducking(n: int, spans: list[tuple[int, int]]) -> np.ndarray:
+    """(n,) gain of a segment's tone: DUCK_GAIN while a name is spoken (each (start, length) of
+    `spans`, offsets in samples), 50 ms raised-cosine ramps before and after, 1 elsewhere.
+    Narration over a background sound is mixed like this; at full level the tone masks the name
+    and a voice activity detector (stage speech@demo) no longer hears it."""
     gain = np.ones(n)
     ramp = round(0.05 * SAMPLE_RATE)
     up = 0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, ramp))            # 0 -> 1
-    for at in starts:
+    for at, length in spans:
         for lo, shape in ((at - ramp, 1 - (1 - DUCK_GAIN) * up),        # down to DUCK_GAIN
                           (at, np.full(length, DUCK_GAIN)),
                           (at + length, DUCK_GAIN + (1 - DUCK_GAIN) * up)):
@@ -440,11 +450,10 @@ def spoken_words(plans: list[VideoPlan], speech: dict | None) -> dict:
         for s in p.segments:
             if speech is None or not s.spoken:
                 continue
-            word = speech[(s.concept, s.voice)]
-            loud = np.flatnonzero(np.abs(word) > 0.02 * SPEECH_PEAK)
-            lo, hi = (int(loud[0]), int(loud[-1]) + 1) if len(loud) else (0, len(word))
             a, b = round(s.start_s * SAMPLE_RATE), min(n, round(s.end_s * SAMPLE_RATE))
-            for at in _spoken_at(a, b, len(word)):
+            for at, word in _utterances(s, a, b, speech):
+                loud = np.flatnonzero(np.abs(word) > 0.02 * SPEECH_PEAK)
+                lo, hi = (int(loud[0]), int(loud[-1]) + 1) if len(loud) else (0, len(word))
                 rows["video_id"].append(p.video_id)
                 rows["start_s"].append(round((at + lo) / SAMPLE_RATE, 3))
                 rows["end_s"].append(round((at + hi) / SAMPLE_RATE, 3))
@@ -476,10 +485,9 @@ def render_audio(p: VideoPlan, params: DemoParams, speech: dict | None
         tone = _tone(c, c.f0_hz * pitch_factor(s.scale), t)
         level = TONE_PEAK * _envelope(c, t, (b - a) / SAMPLE_RATE) * s.sound
         if speech is not None and s.spoken:
-            word = speech[(s.concept, s.voice)]
-            starts = _spoken_at(a, b, len(word))
-            level = level * _ducking(len(t), [at - a for at in starts], len(word))
-            for at in starts:
+            said = _utterances(s, a, b, speech)
+            level = level * _ducking(len(t), [(at - a, len(word)) for at, word in said])
+            for at, word in said:
                 x[at:at + len(word)] += word
         x[a:b] += level * tone
     return np.clip(x, -1.0, 1.0).astype(np.float32)

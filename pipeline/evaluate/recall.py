@@ -26,6 +26,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
+from models.avlnet import visual_of
 from pipeline.learn.avdata import AnnotatedClips
 from pipeline.download.ledger import read_availability
 from pipeline.data.manifest import write_json_atomic
@@ -133,6 +134,10 @@ class Prepared:
     ds: AnnotatedClips
     prov: dict
 
+    def ds_for(self, setting: str) -> AnnotatedClips:
+        """The clips with the video input of `setting`'s model (its visual streams)."""
+        return self.ds.with_visual(visual_of(self.models[setting].model))
+
 
 def prepare(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict[str, Path],
             out_dir: Path, *, text: bool, availability: Path | None = None,
@@ -168,11 +173,17 @@ def prepare(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict[
     clips = load_clips(manifest_dir, split)
     if not clips:
         raise EvaluateError(f"{manifest_dir}/clips.parquet has no {split} clips")
-    ds = AnnotatedClips(store, clips, clip_frames or clip_frames_of(dataset, manifest_dir))
+    models = {s: load_model(p, dev) for s, p in present.items()}   # all checked before work
+    # the video input follows each model's recorded visual (2d3d, 2d, 3d): ds is the first's,
+    # and the store must hold every model's features (Prepared.ds_for)
+    visuals = [visual_of(mf.model) for mf in models.values()]
+    ds = AnnotatedClips(store, clips, clip_frames or clip_frames_of(dataset, manifest_dir),
+                        visuals[0])
     if not len(ds):
         raise EvaluateError(f"none of the {len(clips)} {dataset} {split} clips has features")
+    for v in visuals[1:]:
+        ds.with_visual(v)
     verify_features(store, {c.video_id for c in ds.clips})
-    models = {s: load_model(p, dev) for s, p in present.items()}   # all checked before work
     for s, mf in models.items():
         arch = mf.config.get("arch", "avlnet")
         if (arch == "avlnet") == text:
@@ -206,11 +217,11 @@ def evaluate(dataset: str, features: Path, manifest_dir: Path, checkpoints: dict
                  verify=verify)
     dev, present, models, ledger, clips, ds, prov = (pp.dev, pp.present, pp.models, pp.ledger,
                                                      pp.clips, pp.ds, pp.prov)
-    loader = DataLoader(ds, batch_size=batch, collate_fn=collate_clips)
     paths, captions = media_paths(ledger, videos_root), first_captions(manifest_dir, pp.split)
     results, curves, examples_html = {}, {}, []
     for setting, path in present.items():
         mf = models[setting]
+        loader = DataLoader(pp.ds_for(setting), batch_size=batch, collate_fn=collate_clips)
         e = embed(mf.model, loader, dev)
         a, v = e["audio"], e["video"]
         r_av = ranks_from_embeddings(a, v).numpy()       # each direction ranked once
@@ -352,7 +363,7 @@ def _model_line(r: dict) -> str:
     if not c:
         return ""
     desc = ", ".join(f"{k} {c[k]}" for k in ("embed_dim", "head", "audio_widths", "video_norm",
-                                             "video_dim") if k in c)
+                                             "video_dim", "visual") if k in c)
     how = r.get("config_source")
     if how != "recorded":          # say how a file from elsewhere held its weights
         how = f"{how}; {r.get('stored_as')}"

@@ -30,6 +30,7 @@ from pipeline.evaluate.pages import AUDIO_MAX_S, audio_data_uri, audio_tag, fram
 from pipeline.evaluate.recall import MEDIAN_NOTE, TOP, EvaluateError, _curve, _page, \
     _plot_curves, _write_text_atomic, clip_label, example_row, median_cell, prepare, \
     result_cell, setting_result, write_curves
+from models.avlnet import visual_of
 from pipeline.learn.runs import caption_texts, collate_clips
 from pipeline.learn.textdata import TextClips
 from pipeline.learn.train import embed
@@ -129,11 +130,12 @@ def evaluate_text(dataset: str, features: Path, manifest_dir: Path,
     ds = TextClips(pp.ds, caption_texts(manifest_dir, pp.split), words, train=False,
                    max_words=max_words)
     prov = {**pp.prov, "clips_without_text": ds.no_text, "word_vectors": words.identity()}
-    loader = DataLoader(ds, batch_size=batch, collate_fn=collate_clips)
     paths = media_paths(pp.ledger, videos_root)
     results, curves, sections = {}, {}, []
     for setting, path in pp.present.items():
         mf = pp.models[setting]
+        loader = DataLoader(ds.with_visual(visual_of(mf.model)), batch_size=batch,
+                            collate_fn=collate_clips)     # the model's visual streams
         pairs = direction_pairs(mf.config["arch"], embed(mf.model, loader, pp.dev))
         ranks = {d: ranks_from_embeddings(q, c).numpy() for d, (q, c) in pairs.items()}
         m = metrics_of(ranks, n_official=n)

@@ -579,20 +579,21 @@ def plan_shards(videos: list[tuple[str, str, str | None, float | None]], p: Extr
     return [(first + i, s) for i, s in enumerate(shards)]
 
 
-def _weights(dataset: str, p: ExtractParams) -> tuple[tuple[str, str], tuple[str, str]]:
-    """((2D weights, 3D weights), (the params that set them)) for `dataset`."""
-    if dataset == "demo" and p.demo_weights != "official":
+def _weights(demo: bool, p: ExtractParams) -> tuple[tuple[str, str], tuple[str, str]]:
+    """((2D weights, 3D weights), (the params that set them)) for a dataset (`demo`: one of the
+    offline demos, which share their backbones so that their features share one space)."""
+    if demo and p.demo_weights != "official":
         return (p.demo_weights, p.demo_weights), ("extract.demo_weights",) * 2
     return (p.weights_2d, p.weights_3d), ("extract.weights_2d", "extract.weights_3d")
 
 
-def check_weights(dataset: str, p: ExtractParams) -> tuple[tuple[str, str], dict, dict]:
+def check_weights(demo: bool, p: ExtractParams) -> tuple[tuple[str, str], dict, dict]:
     """Resolves both backbones' weights and loads each weights file into its model on the CPU,
     so that weights the workers could not load stop the run here, before the store is touched
     -> ((2D, 3D) weights, 2D recipe entry, 3D recipe entry). ExtractError naming the file and
     the param otherwise. Random weights are valid by construction and are not built here."""
     from pipeline.features.weights import WeightsError
-    weights, params = _weights(dataset, p)
+    weights, params = _weights(demo, p)
     recipes = []
     for backbone, w, param in zip(("resnet152", "resnext101"), weights, params):
         try:
@@ -637,9 +638,12 @@ def check_ledger(availability: pa.Table, root: Path, videos_dir: Path | None,
 def extract(dataset: str, availability: pa.Table, out_dir: Path, p: ExtractParams,
             cluster: ClusterParams, root: Path,
             on_event: Callable[[dict], None] | None = None, videos_dir: Path | None = None,
-            where: str = "the availability ledger") -> dict:
+            where: str = "the availability ledger", demo: bool | None = None) -> dict:
     """Extracts every available video of the ledger not yet in a finished shard of `out_dir`
     with this recipe; rebuilds index.parquet (every listed video, with its status).
+    `demo` (default: the dataset is named demo): an offline demo, extracted with
+    p.demo_weights and p.demo_threads (the second-language demos too, so that a model trained on
+    one demo's features reads the other's).
 
     availability: availability.parquet of the dataset (video_id, status, path, sha256,
     duration_s), its paths relative to `root` and inside `videos_dir` (relative to root) when
@@ -658,14 +662,16 @@ def extract(dataset: str, availability: pa.Table, out_dir: Path, p: ExtractParam
         raise ExtractError(f"{where}: no downloaded video to extract ({len(ledger)} listed, "
                            "none available): run the download stage first (or set "
                            "extract.allow_empty: true to accept an empty store)")
-    weights, r2d, r3d = check_weights(dataset, p)
+    demo = dataset == "demo" if demo is None else demo
+    weights, r2d, r3d = check_weights(demo, p)
     recipe = build_recipe(p, r2d, r3d)
     with writer_lock(out_dir, f"extract@{dataset}", p.lock_wait_s):
         return _extract_locked(dataset, ledger, out_dir, p, cluster, root, recipe, weights,
-                               on_event)
+                               on_event, demo)
 
 
-def _extract_locked(dataset, ledger, out_dir, p, cluster, root, recipe, weights, on_event):
+def _extract_locked(dataset, ledger, out_dir, p, cluster, root, recipe, weights, on_event,
+                    demo):
     """extract() once the inputs are checked and the writer lock is held."""
     rhash = recipe_sha256(recipe)
     found = scan(out_dir, p.verify)      # a shard that cannot be read now stops the run here
@@ -741,7 +747,7 @@ def _extract_locked(dataset, ledger, out_dir, p, cluster, root, recipe, weights,
     counts: collections.Counter = collections.Counter()
     if jobs_plan:
         counts = _run(dataset, jobs_plan, p, cluster, out_dir, recipe, weights, total_s,
-                      on_event)
+                      on_event, demo)
 
     # the first scan's rows go before the second's come (issue 16: both at once took GBs)
     del found, shards, stale, done
@@ -816,14 +822,14 @@ def _n_workers(p: ExtractParams, cluster: ClusterParams) -> int:
     return p.workers or (torch.cuda.device_count() if cuda else 1)
 
 
-def _run(dataset, jobs_plan, p, cluster, out_dir, recipe, weights, total_s, on_event):
+def _run(dataset, jobs_plan, p, cluster, out_dir, recipe, weights, total_s, on_event, demo):
     """Submits the shard tasks and follows their per-video events -> counts per status."""
     from distributed.scheduler import KilledWorker
 
     cuda = p.device != "cpu" and torch.cuda.is_available()
     n_workers = _n_workers(p, cluster)
     cp = dataclasses.replace(cluster, workers=n_workers, threads_per_worker=1)
-    pinned = p.demo_threads if dataset == "demo" else p.threads
+    pinned = p.demo_threads if demo else p.threads
     threads = pinned or (0 if cluster.scheduler_address
                          else max(1, (os.cpu_count() or 1) // n_workers))
     topic = f"avl-extract-{uuid.uuid4().hex[:8]}"

@@ -10,6 +10,7 @@ in the main process and in loader workers alike (checked_batches unwraps the wor
 traceback text into that one line)."""
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -18,14 +19,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from models.avlnet import video_input
+from models.avlnet import STREAMS, video_input
 from pipeline.learn.sampling import CLIP_FRAMES, WINDOW_FRAMES, draw_starts, pad_or_crop, window
-from pipeline.features.store import FeatureStore, StoreError
+from pipeline.features.store import FEATURES, FeatureStore, StoreError
 from pipeline.safety import UserError
 
 log = logging.getLogger(__name__)
 
 FEAT_DIM = 2048
+FEATURE_OF = {"2d": "resnet152", "3d": "resnext101"}    # visual stream -> store feature
 T = TypeVar("T")
 
 
@@ -79,6 +81,42 @@ def pooled_rows(store: FeatureStore, video_id: str, feature: str, first: int, la
     return store.read(video_id, feature, first, last + 1).astype(np.float32).max(axis=0)
 
 
+def check_visual(store: FeatureStore, visual: str, video_ids: Iterable[str]) -> None:
+    """StoreError naming the store unless it holds the features the streams of `visual`
+    (ModelParams.visual) need: a feature its recipe does not name (when the recipe names
+    features), or one with no row in any of `video_ids`, is missing (its windows would be
+    zeros)."""
+    ids = list(video_ids)
+    named = [f for f in FEATURES if f in store.recipe]
+    for stream in STREAMS[visual]:
+        feat = FEATURE_OF[stream]
+        if (not named or feat in named) and (
+                not ids or any(store.info(v)[f"n_{feat}"] for v in ids)):
+            continue
+        other = "2d" if stream == "3d" else "3d"
+        raise StoreError(f"{store.root}: has no {feat} ({stream.upper()}) features, which a "
+                         f"model with visual {visual} needs; extract them (`dvc repro "
+                         f"extract@{store.root.name}` with both backbones) or use a model "
+                         f"with train.model.visual: {other}")
+
+
+def pooled_streams(store: FeatureStore, video_id: str, visual: str, rows2d: tuple[int, int],
+                   rows3d: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(2D, 3D) max-pooled (2048,) rows of a window (pooled_rows, inclusive row ranges) for
+    the streams `visual` takes; None for a stream it does not take (never read)."""
+    streams = STREAMS[visual]
+    return (pooled_rows(store, video_id, "resnet152", *rows2d) if "2d" in streams else None,
+            pooled_rows(store, video_id, "resnext101", *rows3d) if "3d" in streams else None)
+
+
+def video_vectors(pooled: list[tuple[np.ndarray | None, np.ndarray | None]]) -> torch.Tensor:
+    """M windows' pooled_streams -> (M, V) video input (models.avlnet.video_input: V = 4096
+    for 2d3d, 2048 for one stream)."""
+    v2, v3 = zip(*pooled)
+    return video_input(*(None if x[0] is None else torch.from_numpy(np.stack(x))
+                         for x in (v2, v3)))
+
+
 def audio_window(store: FeatureStore, video_id: str, start: int, length: int
                  ) -> tuple[np.ndarray, int]:
     """Spectrogram frames [start, start + length), zero-padded past the end -> ((40, length)
@@ -112,14 +150,17 @@ class VideoItems(Dataset):
 class PretrainVideos(VideoItems):
     """One item = one video: M random 10 s windows at whole-second starts (avlnet.md).
 
-    -> {'spec': (M, 40, F) float32, 'nframes': (M,) int64, 'video': (M, 4096) float32
-        ([normalised max-pooled 2D || 3D]), 'video_index': (M,), 'start_s': (M,)}."""
+    -> {'spec': (M, 40, F) float32, 'nframes': (M,) int64, 'video': (M, V) float32
+        ([normalised max-pooled 2D || 3D], V = 4096; visual 2d or 3d: that stream, V = 2048),
+        'video_index': (M,), 'start_s': (M,)}. StoreError when the store lacks a feature
+        `visual` needs (check_visual)."""
 
     def __init__(self, store: FeatureStore, video_ids: list[str], clips_per_video: int,
-                 seed: int = 0, window_frames: int = WINDOW_FRAMES):
+                 seed: int = 0, window_frames: int = WINDOW_FRAMES, visual: str = "2d3d"):
         self.store, self.ids = store, list(video_ids)
         self.m, self.seed, self.window_frames = clips_per_video, seed, window_frames
-        self.epoch = 0
+        self.epoch, self.visual = 0, visual
+        check_visual(store, visual, self.ids)
 
     def starts(self, i: int) -> tuple[int, np.ndarray]:
         """Item i's (log-Mel frames, M window starts) in this epoch: seeded per (seed, epoch,
@@ -137,12 +178,10 @@ class PretrainVideos(VideoItems):
             spec, n = audio_window(self.store, vid, w.audio_start, w.audio_len)
             specs.append(spec)
             nframes.append(n)
-            videos.append((pooled_rows(self.store, vid, "resnet152", *w.rows2d),
-                           pooled_rows(self.store, vid, "resnext101", *w.rows3d)))
-        v2, v3 = (torch.from_numpy(np.stack(x)) for x in zip(*videos))
+            videos.append(pooled_streams(self.store, vid, self.visual, w.rows2d, w.rows3d))
         return {"spec": torch.from_numpy(np.stack(specs)),
                 "nframes": torch.tensor(nframes, dtype=torch.int64),
-                "video": video_input(v2, v3),
+                "video": video_vectors(videos),
                 "video_index": torch.full((self.m,), i, dtype=torch.int64),
                 "start_s": torch.from_numpy(starts.astype(np.float32))}
 
@@ -164,22 +203,36 @@ class AnnotatedClips(Dataset):
     """Annotated clips (fine-tuning, evaluation): audio of [start, end) padded or cropped to
     `frames` (5120 YouCook2/CrossTask, 3072 MSR-VTT) with nframes the clip's true length; video
     = normalised max over the 2D rows int(start)..int(end) and 3D rows int(1.5 start)..
-    int(1.5 end). Clips whose video has no usable features are left out and listed in
-    `missing` (evaluation counts them, see avlnet.md)."""
+    int(1.5 end), of the streams `visual` takes (ModelParams.visual: 2d3d -> 4096-d, 2d or 3d
+    -> 2048-d; with_visual gives the same clips for another model). Clips whose video has no
+    usable features are left out and listed in `missing` (evaluation counts them, see
+    avlnet.md). StoreError when the store lacks a feature `visual` needs (check_visual)."""
 
-    def __init__(self, store: FeatureStore, clips: list[ClipRef], frames: int):
+    def __init__(self, store: FeatureStore, clips: list[ClipRef], frames: int,
+                 visual: str = "2d3d"):
         usable = set(store.ids())
-        self.store, self.frames = store, frames
+        self.store, self.frames, self.visual = store, frames, visual
         self.clips = [c for c in clips if c.video_id in usable]
         self.missing = [c.clip_id for c in clips if c.video_id not in usable]
         if self.missing:
             log.info("%d of %d clips have no usable features (video not ok in the store)",
                      len(self.missing), len(clips))
+        check_visual(store, visual, {c.video_id for c in self.clips})
 
     @classmethod
-    def for_dataset(cls, store: FeatureStore, clips: list[ClipRef], dataset: str
-                    ) -> "AnnotatedClips":
-        return cls(store, clips, CLIP_FRAMES[dataset])
+    def for_dataset(cls, store: FeatureStore, clips: list[ClipRef], dataset: str,
+                    visual: str = "2d3d") -> "AnnotatedClips":
+        return cls(store, clips, CLIP_FRAMES[dataset], visual)
+
+    def with_visual(self, visual: str) -> "AnnotatedClips":
+        """These clips with the video input of `visual` (a model's, models.avlnet.visual_of);
+        StoreError when the store lacks its features."""
+        if visual == self.visual:
+            return self
+        check_visual(self.store, visual, {c.video_id for c in self.clips})
+        other = copy.copy(self)
+        other.visual = visual
+        return other
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -193,9 +246,9 @@ class AnnotatedClips(Dataset):
         spec = self.store.read(c.video_id, "logmel", a0, a1).astype(np.float32)
         nframes = spec.shape[1]
         spec, _ = pad_or_crop(spec, self.frames)
-        v2 = pooled_rows(self.store, c.video_id, "resnet152", int(c.start_s), int(c.end_s))
-        v3 = pooled_rows(self.store, c.video_id, "resnext101", int(c.start_s * 1.5),
-                         int(c.end_s * 1.5))
+        pooled = pooled_streams(self.store, c.video_id, self.visual,
+                                (int(c.start_s), int(c.end_s)),
+                                (int(c.start_s * 1.5), int(c.end_s * 1.5)))
         return {"spec": torch.from_numpy(spec), "nframes": torch.tensor(nframes),
-                "video": video_input(torch.from_numpy(v2), torch.from_numpy(v3)),
+                "video": video_vectors([pooled])[0],
                 "index": torch.tensor(i)}

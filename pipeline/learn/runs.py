@@ -4,6 +4,7 @@ dataset, split checksum, feature recipe hash, clips used and missing."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 
 from pipeline.learn.avdata import AnnotatedClips, ClipRef, PretrainVideos, collate_videos
-from models.avlnet import VIDEO_DIM
+from models.avlnet import STREAM_DIM, VIDEO_DIM
 from models.resdavenet import N_MELS
 from pipeline.config import FinetuneParams, ModelParams, ParamsError, TrainParams, from_dict
 from pipeline.data.manifest import read_clips, read_videos, write_json_atomic
@@ -75,18 +76,51 @@ def train_videos(dataset: str, store: FeatureStore, manifest_dir: Path
     return split, listed, ids
 
 
+def fraction_subset(ids: list[str], fraction: float, seed: int) -> list[str]:
+    """The videos pretrained on at train.fraction (the data-scale study, thesis Fig. 5-3): the
+    k = round(fraction * n), at least 1, of `ids` ranked first by sha256("<seed>:<video id>"),
+    in their order in `ids`. The rank does not depend on the fraction, so a larger fraction
+    keeps every video of a smaller one (nested subsets); fraction 1 returns `ids` unchanged."""
+    if fraction >= 1.0 or not ids:
+        return list(ids)
+    k = max(1, round(fraction * len(ids)))
+    rank = sorted(ids, key=lambda v: hashlib.sha256(f"{seed}:{v}".encode()).hexdigest())
+    keep = set(rank[:k])
+    return [v for v in ids if v in keep]
+
+
+def ids_sha256(ids: Iterable[str]) -> str:
+    """sha256 of the sorted ids, one per line: which videos a run was trained on."""
+    return hashlib.sha256("".join(f"{v}\n" for v in sorted(ids)).encode()).hexdigest()
+
+
+def pretrain_subset(dataset: str, usable: list[str], p: TrainParams) -> tuple[list[str], dict]:
+    """-> (the videos pretrained on at p.fraction, its provenance record: fraction, videos
+    usable, sha256 of the chosen ids)."""
+    ids = fraction_subset(usable, p.fraction, p.seed)
+    if p.fraction < 1.0:
+        log.info("%s: pretraining on %d of %d videos (fraction %g, seed %d)", dataset, len(ids),
+                 len(usable), p.fraction, p.seed)
+    return ids, {"fraction": p.fraction, "videos_usable": len(usable),
+                 "video_ids_sha256": ids_sha256(ids)}
+
+
 def pretrain(dataset: str, features: Path, manifest_dir: Path, out: Path, p: TrainParams
              ) -> dict:
     """Pretrains on random windows of the train-split videos with features (status ok)."""
     store = FeatureStore(features, verify=p.verify)
-    split, listed, ids = train_videos(dataset, store, manifest_dir)
+    split, listed, usable = train_videos(dataset, store, manifest_dir)
+    ids, subset = pretrain_subset(dataset, usable, p)
     if len(ids) < p.videos_per_batch:
-        raise TrainError(f"{len(ids)} usable {dataset} videos cannot fill one batch of "
+        share = f" (train.fraction {p.fraction:g} of {len(usable)})" if p.fraction < 1 else ""
+        raise TrainError(f"{len(ids)} usable {dataset} videos{share} cannot fill one batch of "
                          f"train.videos_per_batch = {p.videos_per_batch}")
     verify_features(store, ids)
     prov = provenance(dataset, split, store, manifest_dir, videos=len(ids),
-                      videos_missing=len(listed) - len(ids), features_sha256=store.digest(ids))
-    ds = PretrainVideos(store, ids, p.clips_per_video, p.seed, window_frames=100 * p.window_s)
+                      videos_missing=len(listed) - len(usable), **subset,
+                      features_sha256=store.digest(ids))
+    ds = PretrainVideos(store, ids, p.clips_per_video, p.seed, window_frames=100 * p.window_s,
+                        visual=p.model.visual)
     with writer_lock(out, f"train ({dataset})"):    # one run per run folder at a time
         summary = train(out, ds, collate_videos, p, items_per_batch=p.videos_per_batch,
                         epochs=p.epochs, lr=p.lr, lr_decay=p.lr_decay, provenance=prov,
@@ -103,16 +137,19 @@ def pretrain_text(dataset: str, features: Path, manifest_dir: Path, captions: Pa
     from pipeline.learn.textdata import CaptionClips
     from pipeline.text.captions import CaptionStore
     store = FeatureStore(features, verify=p.verify)
-    split, listed, ids = train_videos(dataset, store, manifest_dir)
+    split, listed, usable = train_videos(dataset, store, manifest_dir)
+    ids, subset = pretrain_subset(dataset, usable, p)
     caps = CaptionStore(captions)
     ds = CaptionClips(store, caps, words, ids, p.clips_per_video, p.caption_min_s,
-                      p.caption_frames, p.seed, max_words)
+                      p.caption_frames, p.seed, max_words, visual=p.model.visual)
     if len(ds) < p.videos_per_batch:
         raise TrainError(f"{len(ds)} {dataset} videos with features and captions cannot fill "
                          f"one batch of text.train.videos_per_batch = {p.videos_per_batch}")
     verify_features(store, ds.ids)
     prov = provenance(dataset, split, store, manifest_dir, videos=len(ds.ids),
-                      videos_missing=len(listed) - len(ds.ids), videos_skipped=ds.skipped,
+                      # (the videos left out by train.fraction are not missing)
+                      videos_missing=len(listed) - len(ds.ids) - (len(usable) - len(ids)),
+                      videos_skipped=ds.skipped, **subset,
                       max_words=max_words, features_sha256=store.digest(ds.ids),
                       captions=_caption_source(caps), word_vectors=words.identity())
     with writer_lock(out, f"train_text ({dataset})"):
@@ -166,8 +203,11 @@ def finetune(dataset: str, features: Path, manifest_dir: Path, init: Path | None
     if split is None:
         raise TrainError(f"{manifest_dir}: {dataset} has no train split to fine-tune on "
                          "(annotate clips with split `train`)")
+    # the video streams are train.model.visual's; an init checkpoint of another visual is
+    # refused by train() (load_model_state), as for every other architecture setting
     clips = AnnotatedClips(store, load_clips(manifest_dir, split),
-                           p.clip_frames or clip_frames_of(dataset, manifest_dir))
+                           p.clip_frames or clip_frames_of(dataset, manifest_dir),
+                           visual=tp.model.visual)
     ds = clips
     if text:
         from pipeline.learn.textdata import TextClips
@@ -210,8 +250,9 @@ CONFIG_INFERRED = "inferred from state_dict shapes"   # a bare state_dict (AVLne
 # checkpoint: "net"; common elsewhere: "state_dict", "model_state_dict")
 WRAPPERS = ("model", "state_dict", "model_state_dict", "net")
 DP_PREFIX = "module."                                 # torch.nn.DataParallel / DDP key prefix
-# besides ARCHITECTURE, the settings a state_dict's shapes fix (text archs)
-SHAPED = ("word_dim", "mmv_va_dim", "mmv_vat_dim")
+# besides ARCHITECTURE, the settings a state_dict's shapes fix (text archs; visual: recorded
+# only when not the default 2d3d, as infer_config gives it only for a 2048-d video input)
+SHAPED = ("word_dim", "mmv_va_dim", "mmv_vat_dim", "visual")
 
 
 @dataclasses.dataclass
@@ -259,6 +300,9 @@ def load_model_file(path: Path, error: type[Exception] = TrainError) -> ModelFil
                                if k in ARCHITECTURE or k in inferred}}
         return ModelFile(model, sha, arch, CONFIG_RECORDED, obj, stored_as)
     arch = infer_config(sd, path, error)
+    if "visual" in arch:
+        log.info("%s: a %d-d video input: taken as visual %s (ResNet-152 features only)", path,
+                 arch["video_dim"], arch["visual"])
     model = build_model(ModelParams(**{k: arch[k] for k in (*ARCHITECTURE, *SHAPED)
                                        if k in arch}))
     _load_strict(model, sd, path, arch, error)
@@ -307,7 +351,8 @@ def infer_config(sd: dict, path: Path, error: type[Exception] = TrainError) -> d
     avlnet.md): embed_dim (DAVEnet_projection rows), audio_widths (each stage's first conv),
     head (gating: GU_video.cg.*; mlp: GU_video.fc2.*; linear: GU_video.weight), video_norm
     (batchnorm when video_norm.running_mean is present), the video input size and the mel
-    bands (both must be this pipeline's). `error` in one line naming a key that is missing."""
+    bands (both must be this pipeline's; a 2048-d video input adds visual '2d', none means
+    2d3d). `error` in one line naming a key that is missing."""
     def shape(key: str, needed_for: str, dims: int) -> tuple[int, ...]:
         if key not in sd:
             raise error(f"{path}: state_dict has no {key!r} (needed to infer {needed_for}); "
@@ -350,9 +395,14 @@ def infer_config(sd: dict, path: Path, error: type[Exception] = TrainError) -> d
                     "'GU_video.fc2.weight', 'GU_video.weight' (needed to infer the head: "
                     "gating, mlp or linear); not an AVLnet checkpoint")
     video_dim = shape(video_key, "the video input size", 2)[1]
-    if video_dim != VIDEO_DIM:
+    if video_dim == STREAM_DIM:
+        # one stream; a bare state_dict cannot say which: the 2D-only model of Table 3 (a
+        # 3D-only model's checkpoints of ours record visual 3d, which then rules)
+        extra["visual"] = "2d"
+    elif video_dim != VIDEO_DIM:
         raise error(f"{path}: {video_key!r} takes {video_dim}-d video input; this pipeline's "
-                    f"video features are {VIDEO_DIM}-d (2D 2048 || 3D 2048)")
+                    f"video features are {VIDEO_DIM}-d (2D 2048 || 3D 2048) or {STREAM_DIM}-d "
+                    "(one stream: train.model.visual 2d or 3d)")
     if n_mels != N_MELS:
         raise error(f"{path}: 'DAVEnet.conv1.weight' takes {n_mels} mel bands; this "
                     f"pipeline's log-Mel features have {N_MELS}")

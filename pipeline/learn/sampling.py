@@ -21,7 +21,8 @@ CLIP_FRAMES = {"youcook2": 5120, "crosstask": 5120, "msrvtt": 3072, "demo": 512}
 TRAIN_SPLIT = {"youcook2": "train", "crosstask": "train", "msrvtt": "train_9k", "demo": "train",
                "howto100m": "train"}
 EVAL_SPLIT = {"youcook2": "val", "crosstask": "val", "msrvtt": "test_1k_a", "demo": "val"}
-OWN_CLIP_FRAMES = 5120   # own media's evaluated clips, unless its manifest says otherwise
+OWN_CLIP_FRAMES = 5120   # own media's clips at most, unless its manifest says otherwise
+CLIP_FRAMES_STEP = 256   # own media: the longest clip's frames, rounded up to a multiple of this
 
 
 def _recorded(manifest_dir: Path) -> dict:
@@ -45,9 +46,26 @@ def eval_split(dataset: str, manifest_dir: Path) -> str:
 
 
 def clip_frames_of(dataset: str, manifest_dir: Path) -> int:
-    """Audio frames per annotated clip: the built-in table, else the manifest's, else 5120."""
+    """Audio frames per annotated clip: the built-in table, else the manifest's, else own
+    media's longest clip (clips.parquet) rounded up to CLIP_FRAMES_STEP, at most 5120: a
+    dataset of 5-15 s clips padded to 51 s would spend 4x the compute on padding, which the
+    pooled audio embedding also sees (see CLIP_FRAMES)."""
     return CLIP_FRAMES.get(dataset) or _recorded(manifest_dir).get("clip_frames") \
-        or OWN_CLIP_FRAMES
+        or _longest_clip_frames(manifest_dir)
+
+
+def _longest_clip_frames(manifest_dir: Path) -> int:
+    import pyarrow.parquet as pq
+    try:
+        t = pq.read_table(Path(manifest_dir) / "clips.parquet", columns=["start_s", "end_s"])
+    except (OSError, ValueError, KeyError):
+        return OWN_CLIP_FRAMES
+    longest = max((e - s for s, e in zip(t["start_s"].to_pylist(), t["end_s"].to_pylist())
+                   if s is not None and e is not None), default=None)
+    if longest is None:
+        return OWN_CLIP_FRAMES
+    steps = -(-int(np.ceil(longest * FRAMES_PER_S)) // CLIP_FRAMES_STEP)
+    return int(min(OWN_CLIP_FRAMES, max(1, steps) * CLIP_FRAMES_STEP))
 
 
 def whole_seconds(frames: int) -> int:

@@ -8,6 +8,7 @@ is the spectrogram frames of [start, end] and its video the inclusive feature ro
 the same whatever the number of loader workers and after a resume."""
 from __future__ import annotations
 
+import copy
 import logging
 from collections import Counter
 from typing import Iterable, Mapping, Protocol, Sequence
@@ -16,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from models.avlnet import video_input
 from pipeline.features.store import FeatureStore
-from pipeline.learn.avdata import AnnotatedClips, VideoItems, collate_videos, pooled_rows
+from pipeline.learn.avdata import AnnotatedClips, VideoItems, check_visual, collate_videos, \
+    pooled_streams, video_vectors
 from pipeline.learn.sampling import (HOP, RATE, ROWS_PER_S_2D, ROWS_PER_S_3D, Window,
                                      pad_or_crop)
 
@@ -121,10 +122,11 @@ class CaptionClips(VideoItems):
     """One item = one video: M caption clips (caption drawn uniformly with replacement among
     the video's usable captions, merged to >= min_time s).
 
-    -> {'spec': (M, 40, frames) float32, 'nframes': (M,) int64, 'video': (M, 4096) float32
-        ([normalised max-pooled 2D || 3D]), 'text': (M, max_words, dim) float32 (the merged
-        captions' texts joined in merge order), 'video_index': (M,) int64, 'start_s', 'end_s':
-        (M,) float32 (the merged span)}. Batch with collate_videos.
+    -> {'spec': (M, 40, frames) float32, 'nframes': (M,) int64, 'video': (M, V) float32
+        ([normalised max-pooled 2D || 3D], V = 4096; visual 2d or 3d: that stream, 2048),
+        'text': (M, max_words, dim) float32 (the merged captions' texts joined in merge order),
+        'video_index': (M,) int64, 'start_s', 'end_s': (M,) float32 (the merged span)}. Batch
+        with collate_videos.
 
     Videos not ok in the store, without captions, without audio or whose captions all start
     past the end of the features are left out at construction, counted by reason in
@@ -135,8 +137,8 @@ class CaptionClips(VideoItems):
 
     def __init__(self, store: FeatureStore, captions: Captions, words: Words,
                  video_ids: Iterable[str], clips_per_video: int, min_time: float,
-                 frames: int, seed: int = 0, max_words: int = 20):
-        self.store, self.captions, self.words = store, captions, words
+                 frames: int, seed: int = 0, max_words: int = 20, visual: str = "2d3d"):
+        self.store, self.captions, self.words, self.visual = store, captions, words, visual
         self.m, self.min_time, self.frames = clips_per_video, float(min_time), frames
         self.seed, self.max_words, self.epoch = seed, max_words, 0
         ok = set(store.ids())
@@ -153,6 +155,7 @@ class CaptionClips(VideoItems):
                 self.ids.append(vid)
                 self.dropped_captions += dropped
         self.skipped: dict[str, int] = dict(skipped)
+        check_visual(store, visual, self.ids)
         if self.skipped:
             log.warning("caption clips: %d of %d videos left out (%s)", sum(skipped.values()),
                         asked, ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())))
@@ -204,20 +207,18 @@ class CaptionClips(VideoItems):
     def _item(self, i: int) -> dict:
         vid = self.ids[i]
         total, clips = self.clips(i)
-        specs, nframes, v2, v3, text = [], [], [], [], []
+        specs, nframes, videos, text = [], [], [], []
         for s, e, texts in clips:
             w = caption_window(s, e, total, self.frames)
             spec = self.store.read(vid, "logmel", w.audio_start, w.audio_start + w.nframes)
             specs.append(pad_or_crop(spec.astype(np.float32), self.frames)[0])
             nframes.append(w.nframes)
-            v2.append(pooled_rows(self.store, vid, "resnet152", *w.rows2d))
-            v3.append(pooled_rows(self.store, vid, "resnext101", *w.rows3d))
+            videos.append(pooled_streams(self.store, vid, self.visual, w.rows2d, w.rows3d))
             text.append(self.words.encode(" ".join(t for t in texts if t),
                                           max_words=self.max_words))
         return {"spec": torch.from_numpy(np.stack(specs)),
                 "nframes": torch.tensor(nframes, dtype=torch.int64),
-                "video": video_input(torch.from_numpy(np.stack(v2)),
-                                     torch.from_numpy(np.stack(v3))),
+                "video": video_vectors(videos),
                 "text": torch.from_numpy(np.stack(text).astype(np.float32)),
                 "video_index": torch.full((self.m,), i, dtype=torch.int64),
                 "start_s": torch.tensor([c[0] for c in clips], dtype=torch.float32),
@@ -250,6 +251,12 @@ class TextClips(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def with_visual(self, visual: str) -> "TextClips":
+        """These clips and captions with the video input of `visual` (a model's)."""
+        other = copy.copy(self)
+        other.clips = self.clips.with_visual(visual)
+        return other
 
     def __len__(self) -> int:
         return len(self.clips)

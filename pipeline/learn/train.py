@@ -49,6 +49,7 @@ FINAL = "final.pt"                    # the trained model (what finetune and eva
 CHECKSUMS = "checksums.json"          # {"files": {name: {sha256, bytes, global_step}}, "retired"}
 # the settings that shape the state_dict: a checkpoint differing in one cannot be loaded
 ARCHITECTURE = ("arch", "embed_dim", "head", "audio_widths", "video_norm")
+DEFAULT_VISUAL = "2d3d"   # the video streams of a config or checkpoint without `visual` (older)
 
 
 class TrainError(UserError):
@@ -63,13 +64,13 @@ def build_model(m: ModelParams) -> nn.Module:
     """The model of `m.arch`: each declares `inputs` (batch keys), `outputs` (embedding names)."""
     widths = tuple(m.audio_widths)
     if m.arch == "avlnet_text_tri":
-        return AVLnetTextTri(m.embed_dim, widths, m.video_norm, m.word_dim)
+        return AVLnetTextTri(m.embed_dim, widths, m.video_norm, m.word_dim, m.visual)
     if m.arch == "avlnet_text_fused":
-        return AVLnetTextFused(m.embed_dim, widths, m.video_norm, m.word_dim)
+        return AVLnetTextFused(m.embed_dim, widths, m.video_norm, m.word_dim, m.visual)
     if m.arch == "mmv_fac":
         return MMVFac(m.embed_dim, widths, m.video_norm, m.word_dim, m.mmv_va_dim,
-                      m.mmv_vat_dim)
-    return AVLnet(m.embed_dim, m.head, widths, m.video_norm)
+                      m.mmv_vat_dim, m.visual)
+    return AVLnet(m.embed_dim, m.head, widths, m.video_norm, m.visual)
 
 
 # ModelParams fields only the text archs use: left out of an AVLnet run's resume key, so runs
@@ -79,9 +80,18 @@ TEXT_ONLY = ("arch", "word_dim", "mmv_va_dim", "mmv_vat_dim", "mmv_temperature",
 
 
 def model_key(m: ModelParams) -> dict:
-    """The model settings a run's resume key holds."""
+    """The model settings a run's resume key holds (visual only when not the default 2d3d, so
+    runs started before it existed still resume)."""
     d = to_dict(m)
+    if d.get("visual") == DEFAULT_VISUAL:
+        del d["visual"]
     return {k: v for k, v in d.items() if m.arch != "avlnet" or k not in TEXT_ONLY}
+
+
+def visual_in(config: dict | None) -> str:
+    """The `visual` of a recorded model config (2d3d when it has none: made before the
+    setting existed)."""
+    return (config or {}).get("visual") or DEFAULT_VISUAL
 
 
 def _check_audio_video(state: dict, path: Path) -> None:
@@ -93,6 +103,16 @@ def _check_audio_video(state: dict, path: Path) -> None:
         raise TrainError(f"{path}: not an audio-video AVLnet (it has a text branch); "
                          "text.finetune.init audio_video starts from stage train's model "
                          "(data/models/pretrain/final.pt)")
+
+
+def _check_visual(state: dict, path: Path, visual: str) -> None:
+    """TrainError unless the checkpoint `state` takes the video streams `visual` (a partial
+    init would otherwise leave the video branch silently fresh)."""
+    theirs = visual_in(state.get("config"))
+    if state.get("config") and theirs != visual:
+        raise TrainError(f"{path}: a model with visual {theirs!r} (here {visual!r}); use the "
+                         f"train.model settings it was trained with (visual: {theirs}), or "
+                         "retrain it")
 
 
 def build_objective(m: ModelParams, finetuning: bool = False, window_s: float = 10.0
@@ -200,6 +220,8 @@ def load_model_state(model: nn.Module, state: dict, path: Path, config: dict | N
     ours = config or {}
     differ = [f"{k} {theirs[k]!r} (here {ours[k]!r})" for k in ARCHITECTURE
               if k in theirs and k in ours and theirs[k] != ours[k]]
+    if theirs and ours and visual_in(theirs) != visual_in(ours):
+        differ.append(f"visual {visual_in(theirs)!r} (here {visual_in(ours)!r})")
     sd = state["model"] if "model" in state else state
     if not differ:
         try:
@@ -440,6 +462,7 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
             raise TrainError(f"{init_from}: not found") from None
         if init_partial:      # recorded in the caller's provenance dict (summary, checkpoints)
             _check_audio_video(init_state, init_from)
+            _check_visual(init_state, init_from, p.model.visual)
             provenance = provenance if provenance is not None else {}
             provenance["init_partial"] = load_matching(model, init_state, init_from)
         else:
@@ -463,6 +486,10 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
         run_key["text"] = text
     if init_partial:
         run_key["init_partial"] = True
+    # a pretraining run on a share of the videos (train.fraction < 1) rests on which videos
+    # (keyed only then: full runs keep their key and resume)
+    if (provenance or {}).get("fraction", 1.0) < 1.0:
+        run_key["fraction"] = {k: provenance[k] for k in ("fraction", "video_ids_sha256")}
     files = RunFiles(run_dir, p.min_free_gb)
     state = files.resume() if d.main else None
     if d.world > 1:
@@ -472,7 +499,8 @@ def train(run_dir: Path, dataset: Dataset, collate: Callable, p: TrainParams, *,
                           if (run_dir / n).is_file()), None)
         dist.barrier()                      # every rank has read it before rank 0 moves any
     if state is not None and state.get("run_key") != run_key:
-        changed = sorted(k for k in run_key if (state.get("run_key") or {}).get(k) != run_key[k])
+        old = state.get("run_key") or {}
+        changed = sorted(k for k in {**old, **run_key} if old.get(k) != run_key.get(k))
         if not restart_on_change:
             raise TrainError(f"{run_dir / CHECKPOINT} was written with other settings "
                              f"({', '.join(changed)} differ): use another run folder or move "

@@ -11,7 +11,8 @@ data/search/<ds>/ (written into a temp folder beside it, then renamed into place
                   without features), the spaces and which query kind searches which, created
 
 A video's item video input is exactly evaluation's (avdata.AnnotatedClips): max over the 2D
-rows int(start)..int(end) and the 3D rows int(1.5 start)..int(1.5 end), each L2-normalised."""
+rows int(start)..int(end) and the 3D rows int(1.5 start)..int(1.5 end), each L2-normalised, of
+the streams the checkpoint's model takes (its recorded train.model.visual)."""
 from __future__ import annotations
 
 import logging
@@ -26,11 +27,12 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from models.avlnet import video_input
+from models.avlnet import visual_of
 from pipeline.data.manifest import read_clips, read_videos, write_json_atomic, \
     write_parquet_atomic
 from pipeline.features.store import FeatureStore, recipe_sha256
-from pipeline.learn.avdata import checked_batches, pooled_rows, read_item
+from pipeline.learn.avdata import check_visual, checked_batches, pooled_streams, read_item, \
+    video_vectors
 from pipeline.learn.runs import verify_features
 from pipeline.learn.sampling import clip_frames_of
 from pipeline.search.model import QUERY_SPACE, SPACES, SearchError, arch_of, \
@@ -144,11 +146,13 @@ def plan_items(store: FeatureStore, manifest_dir: Path, units: str, splits: list
 
 
 class SegmentVideos(Dataset):
-    """Item i = the video input of segment i ({"video": (4096,) float32}), as AnnotatedClips
-    builds it; reads only the feature rows the segment covers."""
+    """Item i = the video input of segment i ({"video": (V,) float32}: V = 4096 for visual
+    2d3d, 2048 for 2d or 3d), as AnnotatedClips builds it; reads only the feature rows the
+    segment covers. StoreError when the store lacks a feature `visual` needs."""
 
-    def __init__(self, store: FeatureStore, rows: list[dict]):
-        self.store, self.rows = store, rows
+    def __init__(self, store: FeatureStore, rows: list[dict], visual: str = "2d3d"):
+        self.store, self.rows, self.visual = store, rows, visual
+        check_visual(store, visual, {r["video_id"] for r in rows})
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -159,9 +163,9 @@ class SegmentVideos(Dataset):
 
     def _item(self, r: dict) -> dict:
         s, e, vid = r["start_s"], r["end_s"], r["video_id"]
-        v2 = pooled_rows(self.store, vid, "resnet152", int(s), int(e))
-        v3 = pooled_rows(self.store, vid, "resnext101", int(s * 1.5), int(e * 1.5))
-        return {"video": video_input(torch.from_numpy(v2), torch.from_numpy(v3))}
+        pooled = pooled_streams(self.store, vid, self.visual, (int(s), int(e)),
+                                (int(s * 1.5), int(e * 1.5)))
+        return {"video": video_vectors([pooled])[0]}
 
 
 def embed_candidates(model: torch.nn.Module, arch: str, ds: Dataset, batch: int,
@@ -205,7 +209,8 @@ def build_index(dataset: str, features: Path, manifest_dir: Path, checkpoint: Pa
     verify_features(store, vids)
     log.info("%s: embedding %d %s of %d videos with %s (%s)", dataset, len(rows), units,
              len(vids), checkpoint, arch)
-    vectors = embed_candidates(mf.model, arch, SegmentVideos(store, rows), batch, dev)
+    vectors = embed_candidates(mf.model, arch, SegmentVideos(store, rows, visual_of(mf.model)),
+                               batch, dev)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

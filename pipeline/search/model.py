@@ -55,8 +55,9 @@ def load_search_model(path: Path, device: torch.device) -> ModelFile:
 @torch.inference_mode()
 def candidate_vectors(model: torch.nn.Module, arch: str, video: torch.Tensor
                       ) -> dict[str, torch.Tensor]:
-    """(B, 4096) video inputs (models.avlnet.video_input) -> space -> (B, D) float32 on the
-    CPU, the vectors evaluation compares queries against (SPACES[arch])."""
+    """(B, V) video inputs (models.avlnet.video_input of the model's visual streams) -> space
+    -> (B, D) float32 on the CPU, the vectors evaluation compares queries against
+    (SPACES[arch])."""
     if arch == "mmv_fac":
         v = model.video_head(model.video_norm(video))                 # (B, va_dim)
         return {"video_va": F.normalize(v, dim=-1).float().cpu(),

@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.data.manifest import write_json_atomic
 from pipeline.search.model import SearchError
-from pipeline.search.query import audio_query, checked_model, open_index, read_audio, search
+from pipeline.search.query import QUERY_MIN_S, audio_query, checked_model, open_index, read_audio, search
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ def contains_word(text: str | None, word: str) -> bool:
 
 def spoken_check(index_dir: Path, words: list[str], out_dir: Path, *, voice: str = "en-gb",
                  speed: int = 160, top: int = 10, checkpoint: Path | None = None,
-                 device: str = "cpu", media: dict[str, Path] | None = None) -> dict:
+                 device: str = "cpu", media: dict[str, Path] | None = None,
+                 min_s: float = QUERY_MIN_S) -> dict:
     """Speaks and searches each word; writes <ds>.json, .md, .html in out_dir -> the summary.
     `media` (video_id -> file) feeds the page's frames and players ({}: placeholders)."""
     from pipeline.search.page import search_page, section
@@ -73,7 +74,8 @@ def spoken_check(index_dir: Path, words: list[str], out_dir: Path, *, voice: str
     with tempfile.TemporaryDirectory(prefix="avl-spoken-") as tmp:
         for w in words:
             q = audio_query(index, mf, synthesize(w, voice, speed, Path(tmp)),
-                            f"spoken \u201c{w}\u201d (espeak-ng -v {voice} -s {speed})")
+                            f"spoken \u201c{w}\u201d (espeak-ng -v {voice} -s {speed})",
+                            min_s=min_s)
             res = search(index, q, top)
             hits = [r for r in res if contains_word(r["text"], w)]
             first = hits[0]["rank"] if hits else None
