@@ -52,22 +52,6 @@ def with_german_demo(data: dict) -> dict:
     return data
 
 
-def without_language_demos(data: dict) -> dict:
-    """Shipped params (a dict) without the second-language demos (params `demo_language`) and
-    every entry that names them: for tests that replace `datasets`."""
-    names = set(data.get("demo_language") or {})
-    data["demo_language"] = {}
-    for name in names:
-        data["datasets"].pop(name, None)
-        data["manifest"].pop(name, None)
-    data["transfer"]["targets"] = {t: s for t, s in data["transfer"]["targets"].items()
-                                   if t not in names and s not in names}
-    for section in (data["segment"], data["finetune"], data["evaluate"], data["search"],
-                    data["analysis"]["speech"]):
-        section["datasets"] = [d for d in section["datasets"] if d not in names]
-    return data
-
-
 @pytest.fixture(scope="session")
 def tiny_mp4(tmp_path_factory) -> bytes:
     """The bytes of a 1 s, 32x24 mp4 with a sine tone: media for download tests."""

@@ -23,7 +23,7 @@ import pipeline
 from pipeline.cli import COMMANDS, cli
 from pipeline.config import ParamsError
 from stages.common import check_dataset
-from tests.conftest import ROOT, without_language_demos
+from tests.conftest import ROOT
 
 try:
     import tomllib
@@ -151,7 +151,7 @@ def test_help_start_up_is_a_small_multiple_of_a_bare_interpreter():
 
 
 def _project(tmp_path: Path, datasets: dict) -> Path:
-    data = without_language_demos(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
     data["datasets"] = datasets
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return tmp_path

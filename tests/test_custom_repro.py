@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import copy_project, without_language_demos
+from tests.conftest import copy_project
 from tests.test_custom import make_media, own_folder
 from tests.test_dvc_repro import TINY_CLUSTER, TINY_DEMO, TINY_EXTRACT, TINY_FINETUNE, \
     TINY_TEXT, TINY_TRAIN, _run, _set_params
@@ -44,7 +44,6 @@ def project(tmp_path_factory, served) -> Path:
     dest = copy_project(tmp_path_factory.mktemp("own") / "p")
 
     def tiny(d):
-        without_language_demos(d)   # the cascade has its own test (test_dvc_repro)
         d["demo"].update(TINY_DEMO)
         d["cluster"].update(TINY_CLUSTER)
         d["extract"].update(TINY_EXTRACT)

@@ -19,7 +19,7 @@ import yaml
 
 from pipeline.data.sources import SourceError, Sources
 from stages import sources as sources_stage
-from tests.conftest import ROOT, copy_project, without_language_demos
+from tests.conftest import ROOT, copy_project
 from tests.test_dvc_repro import (TINY_CLUSTER, TINY_DEMO, TINY_EXTRACT, TINY_FINETUNE,
                                   TINY_TEXT, TINY_TRAIN, _set_params)
 
@@ -55,7 +55,6 @@ def _project(dest: Path, params) -> Path:
 
 
 def _tiny(d: dict) -> None:
-    without_language_demos(d)   # the cascade has its own test (test_dvc_repro)
     d["demo"].update(DEMO)
     d["cluster"].update(TINY_CLUSTER)
     d["extract"].update(TINY_EXTRACT)
