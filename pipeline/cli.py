@@ -53,6 +53,8 @@ COMMANDS = {
     "transfer": Command("stages.transfer", "The language cascade (Table 5.1): target only "
                                            "and source -> target models, each scored on "
                                            "both datasets."),
+    "images": Command("stages.images", "Images with spoken captions (Table 2): fine-tune a "
+                                       "2D-only AVLnet with ResNet-152 frozen and trained."),
     "study": Command("stages.study", "Data-scale study: pretrain, fine-tune and evaluate at "
                                      "several train.fraction values as DVC experiments and "
                                      "plot recall against the fraction."),

@@ -859,6 +859,84 @@ class TransferParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class ImagesDemoParams:
+    """The demo image set: still images of the demo's concepts with spoken captions."""
+
+    n_concepts: int = param(10, "concepts used (the first N of pipeline/data/demo.CONCEPTS)",
+                            ge=2, le=12)
+    train_per_concept: int = param(60, "train images per concept", ge=1, le=10_000)
+    val_per_concept: int = param(20, "val images per concept (a model that only knows the "
+                                     "concept ranks a pair among this many alike)",
+                                 ge=1, le=10_000)
+    width: int = param(128, "image width, pixels", ge=32, le=4096)
+    height: int = param(128, "image height, pixels", ge=32, le=4096)
+    seed: int = param(0, "seeds layouts, backgrounds, sentences and voices")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagesParams:
+    """Stage images@<set> (`avl images` for your own set): fine-tune a 2D-only AVLnet on image +
+    spoken caption pairs with the visual encoder trained, beside the frozen-encoder variant
+    (AVLnet Table 2: the paper trains the WHOLE ResNet-152 encoder on Places 400k at 224 px)."""
+
+    sets: list[Literal["demo"]] = param([], "image sets stage images@<set> runs: demo = the "
+                                            "generated demo set (opt-in). Your own Places / CSV "
+                                            "set: `avl images` with --source")
+    demo: ImagesDemoParams = param(ImagesDemoParams(), "the demo image set")
+    init: str = param("pretrain-2d", "the 2D-only AVLnet the fine-tunes start from: "
+                                     "pretrain-2d (the stage first pretrains one on "
+                                     "train.dataset with the train section's recipe and "
+                                     "model.visual 2d), a checkpoint path (a train run with "
+                                     "train.model.visual: 2d), or none (from scratch)")
+    encoder: Literal["layer4", "all"] = param(
+        "all", "the visual encoder's trained part: all (the paper) or layer4 (ResNet-152's "
+               "last stage: the CPU demo)")
+    frozen_baseline: bool = param(True, "also fine-tune with the encoder frozen (its features "
+                                        "cached once) and report both")
+    encoder_bn: Literal["train", "frozen"] = param(
+        "train", "BatchNorm of the trained encoder stages while fine-tuning: train (batch "
+                 "statistics, running ones updated) or frozen (running statistics)")
+    image_size: int = param(224, "centre crop fed to ResNet-152, pixels (paper: 224)",
+                            ge=32, le=1024)
+    resize: int = param(256, "short side the image is resized to before the crop, pixels "
+                             "(paper: 256)", ge=32, le=2048)
+    audio_frames: int = param(2048, "log-Mel frames per caption, padded (0 dB) or cropped "
+                                     "(Places: 2048 = 20.48 s)", ge=16, le=100_000)
+    weights: str = param("imagenet", "ResNet-152 weights: imagenet | a path | random[:SEED] "
+                                     "(the offline demo: extract.demo_weights' backbone)")
+    weights_dir: str = param("data/weights", "folder of the official weights files")
+    embed_dim: int = param(4096, "joint embedding size D when init is none (paper: 4096)",
+                           ge=1, le=65536)
+    audio_widths: list[int] = param([128, 256, 512, 1024], "ResDAVEnet widths when init is "
+                                                           "none (paper: 128..1024)")
+    video_norm: Literal["none", "batchnorm"] = param(
+        "none", "when init is none: standardise the 2048-d image feature before its head")
+    batch: int = param(128, "pairs per batch", ge=2, le=65536)
+    epochs: int = param(5, "epochs", ge=1, le=100_000)
+    lr: float = param(1e-4, "Adam learning rate of the audio tower and the heads", gt=0)
+    encoder_lr: float = param(1e-5, "Adam learning rate of the trained encoder layers", gt=0)
+    mms_margin: float = param(0.001, "MMS loss margin (the audio-video model's loss)", ge=0)
+    precision: Literal["auto", "float32", "bf16"] = param(
+        "auto", "auto: bf16 autocast on CUDA, float32 on the CPU")
+    device: Literal["auto", "cpu", "cuda"] = param("auto", "CUDA when present, else the CPU")
+    threads: int = param(0, "torch CPU threads; 0 = torch's default", ge=0, le=1024)
+    seed: int = param(0, "seeds initialisation and batch order")
+    eval_every: int = param(0, "also evaluate on val every this many epochs (the learning "
+                               "curve in metrics.json); 0 = at the end only", ge=0)
+    max_failure_fraction: float = param(0.05, "the stage fails when more pairs than this "
+                                              "share are unusable (missing, bad_image, ...)",
+                                        ge=0, le=1)
+
+    def __post_init__(self) -> None:
+        if self.resize < self.image_size:
+            _fail("resize", f"must be >= image_size ({self.image_size}), got {self.resize}")
+        if len(self.audio_widths) != 4 or min(self.audio_widths) < 1:
+            _fail("audio_widths", f"expected 4 positive widths, got {self.audio_widths}")
+        if len(set(self.sets)) != len(self.sets):
+            _fail("sets", f"{self.sets}: a set is named twice")
+
+
+@dataclasses.dataclass(frozen=True)
 class SegmentParams:
     """Stage segment@<dataset>: clips from the speech in a custom dataset's media (no clip
     annotations: the YouCook-Japanese recipe, extensions.md §4) -> its annotations CSV."""
@@ -923,6 +1001,8 @@ class Params:
                                                  "avl search)")
     transfer: TransferParams = param(TransferParams(), "language cascade, Table 5.1 (stage "
                                                        "transfer@<target>)")
+    images: ImagesParams = param(ImagesParams(), "images with spoken captions (stage "
+                                                 "images@<set>, `avl images`)")
 
     def __post_init__(self) -> None:
         for name, kind in self.datasets.items():

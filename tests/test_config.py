@@ -31,7 +31,7 @@ def test_shipped_params_load_and_match_defaults(tmp_path):
     assert {next(d for d in demos if k == d or k.startswith(d + ".")) for k in extra} == \
         set(demos), extra
     small = ("train", "finetune", "text", "analysis", "search", "segment", "datasets",
-             "demo_language", "transfer")
+             "demo_language", "transfer", "images")
     assert {k: v for k, v in shipped.items() if k not in small} == \
         {k: v for k, v in defaults.items() if k not in small}
     # the opt-in German demo (tests/conftest.py, as docs/guide/transfer.md adds it) loads

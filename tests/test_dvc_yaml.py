@@ -66,6 +66,8 @@ FOREACH = {"${datasets}": ALL_DATASETS,
            # second-language demo -> its settings; transfer target -> its source
            "${demo_language}": {"my-custom": "settings (unused by the stage)"},
            "${transfer.targets}": {"my-custom": "demo"},
+           # image sets: the generated demo set
+           "${images.sets}": ("demo",),
            # dataset -> its word timings: the demo generator's, or stage speech@'s ASR words
            "${analysis.concepts.words_files}": {
                "demo": "data/demo/words.parquet",
