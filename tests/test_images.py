@@ -297,6 +297,7 @@ def test_stage_end_to_end_and_failure_threshold(tmp_path):
     md = (tmp_path / "r" / "mine.md").read_text()
     assert "fine-tuned, frozen encoder" in md and "encoder trained (layer4)" in md
     assert "paper Table 2, AVLnet" in md and "bad_image 1" in md
+    assert "Label recall" not in md and "label_R@1" not in m["chance"]      # no labels given
     for mode in ("frozen", "layer4"):
         assert (tmp_path / "out" / mode / "model.pt").is_file()
 
@@ -317,8 +318,8 @@ def _tiny_pairs(tmp: Path, n_train: int = 4, n_val: int = 2) -> list[tuple[Path,
     (tmp / "wavs").mkdir(exist_ok=True)
     out = []
     for split, n in (("train", n_train), ("val", n_val)):
-        items = [{"uttid": f"{split}{i}", "image": f"{split}{i}.jpg", "wav": f"{split}{i}.wav"}
-                 for i in range(n)]
+        items = [{"uttid": f"{split}{i}", "image": f"{split}{i}.jpg", "wav": f"{split}{i}.wav",
+                  "label": "ab"[i % 2]} for i in range(n)]
         for i in range(n):
             _jpg(tmp / "imgs" / f"{split}{i}.jpg", 100 * (split == "val") + i)
             _wav(tmp / "wavs" / f"{split}{i}.wav", _tone(16000, 0.4 + 0.1 * i))
@@ -350,3 +351,41 @@ def test_init_pretrain_2d_pretrains_a_2d_only_model_first(tmp_path):
     assert saved["params"]["init"] == str(final)
     # before fine-tuning, both runs embed with the same pretrained model: one "before" row
     assert json.loads((tmp_path / "reports" / "tiny.json").read_text())["before"] == r["before"]
+    # every val pair is labelled: the label recall, with its exact chance (1 of 2 alike)
+    assert r["chance"]["label_R@1"] == pytest.approx(0.5) and len(r["verdict"]) == 4
+    assert "### Label recall" in (tmp_path / "reports" / "tiny.md").read_text()
+
+
+def test_label_recall_and_its_chance():
+    """label_recall counts a hit for any item of the query's label in the top K;
+    label_chance is its expectation under a random ranking (checked by shuffling)."""
+    labels = np.array(["a", "a", "b", "b", "b", "c"])
+    q = torch.eye(6)
+    items = torch.eye(6)[[1, 0, 2, 3, 4, 5]]           # query 0 finds item 0 = pair 1's image
+    r = ft.label_recall(q, items, labels, ks=(1, 2))
+    assert r[1] == pytest.approx(1.0)                   # every top 1 has the query's label
+    items = torch.eye(6)[[2, 5, 0, 1, 3, 4]]            # query i's top 1: item j, order[j] = i
+    top1 = np.argsort([2, 5, 0, 1, 3, 4])               # = [2, 3, 0, 4, 5, 1]
+    assert ft.label_recall(q, items, labels, ks=(1,))[1] == pytest.approx(
+        np.mean(labels[top1] == labels)) == pytest.approx(1 / 6)
+    rng = np.random.default_rng(0)
+    sims = [ft.label_recall(torch.from_numpy(rng.standard_normal((6, 4))).float(),
+                            torch.from_numpy(rng.standard_normal((6, 4))).float(), labels,
+                            ks=(1, 3)) for _ in range(3000)]
+    chance = ft.label_chance(labels, ks=(1, 3))
+    for k in (1, 3):
+        assert np.mean([s[k] for s in sims]) == pytest.approx(chance[k], abs=0.015)
+    assert chance[1] == pytest.approx((2 / 6 * 2 + 3 / 6 * 3 + 1 / 6) / 6)
+    m = ft.recall(torch.eye(6), torch.eye(6), labels)
+    assert m["audio_to_image_label_R@1"] == 1.0 and "chance_label_R@10" in m
+
+
+def test_labels_read_from_json_and_csv(tmp_path):
+    items = [{"uttid": "p0", "image": "p0.jpg", "wav": "p0.wav", "label": "egg"},
+             {"uttid": "p1", "image": "p1.jpg", "wav": "p1.wav"}]
+    rows = read_places_json(_places(tmp_path, items), "train")
+    assert [r["label"] for r in rows] == ["egg", None]
+    (tmp_path / "l.csv").write_text("image,audio,label\na.jpg,a.wav,lime\nb.jpg,b.wav,\n")
+    assert [r["label"] for r in read_pair_list(tmp_path / "l.csv")] == ["lime", None]
+    write_pairs(rows, tmp_path / "pairs.parquet")
+    assert pq.read_table(tmp_path / "pairs.parquet").column("label").to_pylist() == ["egg", None]

@@ -79,7 +79,7 @@ def generate(p: ImagesDemoParams, out_dir: Path) -> dict[str, Path]:
                     _write_wav16k(out_dir / "wavs" / f"{pid}.wav", said, SPEAK_RATE)
                     data.append({"uttid": pid, "image": f"{pid}.jpg", "wav": f"{pid}.wav",
                                  "speaker": VOICES[v][0], "asr_text": sentence,
-                                 "concept": name})
+                                 "label": name})
             out[split] = out_dir / f"{split}.json"
             write_json_atomic({"image_base_path": "images", "audio_base_path": "wavs",
                                "data": data}, out[split])

@@ -59,7 +59,7 @@ class ImageEncoder(nn.Module):
         if mode and self.bn == "train" and self.trained != "frozen":
             # the trained stages' BatchNorm on batch statistics (updating the running ones):
             # with frozen statistics the trained random-init layer4 drifted towards one common
-            # feature direction (/tmp/images_exp diagnosis, see the stage's report)
+            # feature direction on the demo (every image embedded alike), so they train
             (self.net if self.trained == "all" else self.net.layer4).train()
         return self
 
@@ -196,20 +196,55 @@ def embed(model: ImageAVLnet, idx: np.ndarray, images: np.ndarray, cached, spec,
     return torch.cat(a_out), torch.cat(v_out)
 
 
-def recall(audio: torch.Tensor, image: torch.Tensor) -> dict[str, float]:
+def recall(audio: torch.Tensor, image: torch.Tensor, labels: np.ndarray | None = None
+           ) -> dict[str, float]:
     """Row i of both = pair i -> {audio_to_image_R@1/5/10, image_to_audio_R@1/5/10, median and
-    mean ranks, n} (pipeline/evaluate/metrics.py, pessimistic ties) plus chance_R@K = K/n."""
+    mean ranks, n} (pipeline/evaluate/metrics.py, pessimistic ties) plus chance_R@K = K/n; with
+    `labels` (pair i shows labels[i]) also <direction>_label_R@K (label_recall) and
+    chance_label_R@K."""
     m = metrics_of({"audio_to_image": ranks_from_embeddings(audio, image).numpy(),
                     "image_to_audio": ranks_from_embeddings(image, audio).numpy()})["available"]
-    return m | {f"chance_{k}": v for k, v in chance(len(audio)).items()}
+    m |= {f"chance_{k}": v for k, v in chance(len(audio)).items()}
+    if labels is not None:
+        labels = np.asarray(labels)
+        for d, (q, items) in {"audio_to_image": (audio, image),
+                              "image_to_audio": (image, audio)}.items():
+            m |= {f"{d}_label_R@{k}": v for k, v in label_recall(q, items, labels).items()}
+        m |= {f"chance_label_R@{k}": v for k, v in label_chance(labels).items()}
+    return m
+
+
+def label_recall(query: torch.Tensor, items: torch.Tensor, labels: np.ndarray,
+                 ks: tuple[int, ...] = (1, 5, 10)) -> dict[int, float]:
+    """Row i of both = pair i, showing labels[i] -> {K: share of the queries whose K most
+    similar items include one with the query's label (the pair itself counts)}."""
+    top = torch.argsort(query @ items.T, dim=1, descending=True)[:, :max(ks)].numpy()
+    same = labels[top] == labels[:, None]
+    return {k: float(same[:, :k].any(axis=1).mean()) for k in ks}
+
+
+def label_chance(labels: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)) -> dict[int, float]:
+    """label_recall's expectation for a random ranking: per query with m of the n items
+    sharing its label, 1 - C(n - m, K) / C(n, K), averaged."""
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    m, n = counts[inverse].astype(float), len(labels)
+    out = {}
+    for k in ks:
+        miss = np.ones_like(m)
+        for i in range(min(k, n)):
+            miss *= np.clip((n - m - i) / (n - i), 0, None)
+        out[k] = float((1 - miss).mean())
+    return out
 
 
 def finetune(p: ImagesParams, cache: dict, train_ids: list[str], val_ids: list[str],
-             out_dir: Path | None = None, encoder: str | None = None) -> dict:
+             out_dir: Path | None = None, encoder: str | None = None,
+             labels: dict[str, str] | None = None) -> dict:
     """Fine-tunes with the encoder `encoder` (frozen, layer4 or all; default p.encoder) on the
     decoded `cache` (load.open_cache) pairs `train_ids`, evaluates on `val_ids` before and
     after -> {"before": metrics, "after": metrics, "losses", "seconds", ...}; with out_dir,
-    writes model.pt (encoder + AVLnet state, params) and metrics.json."""
+    writes model.pt (encoder + AVLnet state, params) and metrics.json. With `labels` (pair id
+    -> what it shows) for every val pair, the metrics add the label recall."""
     device = torch.device("cuda" if p.device == "cuda" or (p.device == "auto" and
                                                            torch.cuda.is_available()) else "cpu")
     if p.threads:
@@ -231,7 +266,10 @@ def finetune(p: ImagesParams, cache: dict, train_ids: list[str], val_ids: list[s
     t_cache = time.perf_counter() - t0
     tr = np.array([pos[i] for i in train_ids])
     va = np.array([pos[i] for i in val_ids])
-    before = recall(*embed(model, va, images, cached, spec, nframes, device, amp=amp))
+    va_labels = (np.array([labels[i] for i in val_ids])
+                 if labels and all(labels.get(i) is not None for i in val_ids) else None)
+    before = recall(*embed(model, va, images, cached, spec, nframes, device, amp=amp),
+                    va_labels)
     enc_params = [q for q in model.encoder.parameters() if q.requires_grad]
     groups = [{"params": list(model.avlnet.parameters()), "lr": p.lr}]
     if enc_params:
@@ -252,11 +290,13 @@ def finetune(p: ImagesParams, cache: dict, train_ids: list[str], val_ids: list[s
         log.info("epoch %d/%d: loss %.4f (%.0f s)", epoch + 1, p.epochs, losses[-1],
                  time.perf_counter() - t0)
         if p.eval_every and (epoch + 1) % p.eval_every == 0 and epoch + 1 < p.epochs:
-            m = recall(*embed(model, va, images, cached, spec, nframes, device, amp=amp))
+            m = recall(*embed(model, va, images, cached, spec, nframes, device, amp=amp),
+                       va_labels)
             curve.append({"epoch": epoch + 1, "loss": losses[-1]} | m)
             log.info("epoch %d val R@10 A->I %.3f I->A %.3f", epoch + 1,
                      m["audio_to_image_R@10"], m["image_to_audio_R@10"])
-    after = recall(*embed(model, va, images, cached, spec, nframes, device, amp=amp))
+    after = recall(*embed(model, va, images, cached, spec, nframes, device, amp=amp),
+                   va_labels)
     out = {"encoder": encoder, "before": before, "after": after, "losses": losses,
            "curve": curve,
            "seconds": time.perf_counter() - t0, "cache_seconds": t_cache,

@@ -34,6 +34,7 @@ PAIR_FIELDS = [
     pa.field("split", pa.string(), nullable=False),
     pa.field("speaker", pa.string()),
     pa.field("text", pa.string()),                     # Places asr_text, when given
+    pa.field("label", pa.string()),                    # what the pair shows (optional)
     pa.field("status", pa.string(), nullable=False),
     pa.field("error", pa.string()),
     pa.field("source", pa.string(), nullable=False),   # file and item the pair came from
@@ -58,17 +59,19 @@ def _status(image: str, audio: str) -> tuple[str, str | None]:
 
 
 def _pair(pid: str, image: str, audio: str, split: str, source: str,
-          speaker: Any = None, text: Any = None) -> dict:
+          speaker: Any = None, text: Any = None, label: Any = None) -> dict:
     status, error = _status(image, audio)
     return {"pair_id": pid, "image": image, "audio": audio, "split": split,
             "speaker": None if speaker is None else str(speaker),
-            "text": None if text is None else str(text), "status": status, "error": error,
-            "source": source}
+            "text": None if text is None else str(text),
+            "label": None if label in (None, "") else str(label), "status": status,
+            "error": error, "source": source}
 
 
 def read_places_json(path: Path, split: str) -> list[dict]:
     """A Places Audio Captions JSON ({image_base_path, audio_base_path, data: [{wav, image,
-    uttid?, speaker?, asr_text?}]}; bases absolute or relative to the JSON's folder) -> pair
+    uttid?, speaker?, asr_text?, label?}]}; bases absolute or relative to the JSON's folder;
+    label: what the pair shows, for the label recall, e.g. the demo's concept) -> pair
     rows of `split`. pair_id: uttid when given (path-safe), else <file stem>-<item index>.
     ManifestError for a malformed file, UnsafeInputError for a hostile path or id."""
     path = Path(path)
@@ -99,13 +102,13 @@ def read_places_json(path: Path, split: str) -> list[dict]:
             raise ManifestError(path, i, "uttid", f"duplicate pair id {pid!r}")
         seen.add(pid)
         rows.append(_pair(pid, image, audio, split, f"{path.name}:{i}", item.get("speaker"),
-                          item.get("asr_text")))
+                          item.get("asr_text"), item.get("label")))
     return rows
 
 
 def read_pair_list(path: Path, split: str = "train") -> list[dict]:
-    """A CSV with a header `image,audio[,split]` (paths relative to the CSV's folder) -> pair
-    rows; `split` for rows without one. pair_id: <file stem>-<row index>."""
+    """A CSV with a header `image,audio[,split][,label]` (paths relative to the CSV's folder)
+    -> pair rows; `split` for rows without one. pair_id: <file stem>-<row index>."""
     path = Path(path)
     root = path.parent.resolve()
     check = inside_checker(root, ["."])
@@ -119,7 +122,7 @@ def read_pair_list(path: Path, split: str = "train") -> list[dict]:
     missing = {"image", "audio"} - set(header)
     if missing:
         raise ManifestError(path, None, None, f"the header lacks {sorted(missing)}; expected "
-                                              f"image,audio[,split], got {header}")
+                                              f"image,audio[,split][,label], got {header}")
     rows = []
     for i, item in enumerate(items):
         where = f"{path}, row {i + 2}"        # header is line 1
@@ -128,7 +131,8 @@ def read_pair_list(path: Path, split: str = "train") -> list[dict]:
         sp = (item.get("split") or split).strip()
         if not sp:
             raise ManifestError(path, i + 2, "split", "empty split")
-        rows.append(_pair(f"{path.stem}-{i:07d}", image, audio, sp, f"{path.name}:{i + 2}"))
+        rows.append(_pair(f"{path.stem}-{i:07d}", image, audio, sp, f"{path.name}:{i + 2}",
+                          label=item.get("label")))
     return rows
 
 

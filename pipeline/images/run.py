@@ -75,16 +75,20 @@ def run_images(sources: list[tuple[Path, str]], out_dir: Path, p: ImagesParams,
     init = initial_model(p, out_dir, train, pretrain_data)
     q = dataclasses.replace(p, init=init)
     cache = open_cache(out_dir / "cache")
+    labels = {r["pair_id"]: r["label"] for r in rows if r.get("label") is not None}
     runs = {}
     for mode in (["frozen"] if p.frozen_baseline else []) + [p.encoder]:
         log.info("fine-tuning with the encoder %s on %d train pairs", mode, len(ids["train"]))
-        runs[mode] = finetune(q, cache, ids["train"], ids["val"], out_dir / mode, encoder=mode)
+        runs[mode] = finetune(q, cache, ids["train"], ids["val"], out_dir / mode, encoder=mode,
+                              labels=labels)
         log.info("%s: val %s", mode, _summary(runs[mode]["after"]))
     first = next(iter(runs.values()))
     result = {"init": p.init, "init_checkpoint": init, "encoder": p.encoder,
               "n_train": len(ids["train"]), "n_val": len(ids["val"]), "statuses": counts,
-              "before": first["before"], "chance": {f"R@{k}": first["after"][f"chance_R@{k}"]
-                                                    for k in KS},
+              "before": first["before"],
+              "chance": {f"{what}R@{k}": first["after"][f"chance_{what}R@{k}"]
+                         for what in ("", "label_") for k in KS
+                         if f"chance_{what}R@{k}" in first["after"]},
               "after": {m: r["after"] for m, r in runs.items()},
               "steps": {m: len(r["losses"]) for m, r in runs.items()},
               "seconds": {m: round(r["seconds"], 1) for m, r in runs.items()},
@@ -105,24 +109,29 @@ def _summary(m: dict) -> str:
 
 def verdict(result: dict) -> list[str]:
     """Plain sentences: does the trained encoder beat the frozen one, and chance, on val
-    (both directions, R@1/5/10)?"""
+    (both directions, R@1/5/10; then the label recall, when the pairs are labelled)?"""
     after, enc = result["after"], result["encoder"]
     out = []
-    for base in ("frozen", "chance"):
-        if base == "frozen" and "frozen" not in after:
+    for what in ("", "label_"):
+        if f"{what}R@1" not in result["chance"]:
             continue
-        parts, wins = [], 0
-        for d, arrow in DIRECTIONS.items():
-            for k in KS:
-                a = after[enc][f"{d}_R@{k}"]
-                b = after["frozen"][f"{d}_R@{k}"] if base == "frozen" else result["chance"][f"R@{k}"]
-                wins += a > b
-                parts.append(f"{arrow} R@{k} {100 * a:.1f} vs {100 * b:.1f}")
-        n = 2 * len(KS)
-        word = "Yes" if wins == n else "Partly" if wins else "No"
-        what = "the frozen encoder" if base == "frozen" else "chance"
-        out.append(f"- {word} ({wins} of {n}): the {enc}-trained encoder vs {what}: "
-                   f"{'; '.join(parts)}.")
+        for base in ("frozen", "chance"):
+            if base == "frozen" and "frozen" not in after:
+                continue
+            parts, wins = [], 0
+            for d, arrow in DIRECTIONS.items():
+                for k in KS:
+                    a = after[enc][f"{d}_{what}R@{k}"]
+                    b = (after["frozen"][f"{d}_{what}R@{k}"] if base == "frozen"
+                         else result["chance"][f"{what}R@{k}"])
+                    wins += a > b
+                    parts.append(f"{arrow} R@{k} {100 * a:.1f} vs {100 * b:.1f}")
+            n = 2 * len(KS)
+            word = "Yes" if wins == n else "Partly" if wins else "No"
+            vs = "the frozen encoder" if base == "frozen" else "chance"
+            level = "the label recall" if what else "the pair recall"
+            out.append(f"- {word} ({wins} of {n}), {level}: the {enc}-trained encoder vs {vs}: "
+                       f"{'; '.join(parts)}.")
     return out
 
 
@@ -136,20 +145,34 @@ def markdown(result: dict) -> str:
              "", "| model | A->I R@1 | R@5 | R@10 | I->A R@1 | R@5 | R@10 |",
              "|---|---|---|---|---|---|---|"]
 
-    def row(name: str, m: dict) -> str:
-        return f"| {name} | " + " | ".join(f"{100 * m[f'{d}_R@{k}']:.1f}" for d in DIRECTIONS
-                                           for k in KS) + " |"
+    def row(name: str, m: dict, what: str = "") -> str:
+        return f"| {name} | " + " | ".join(f"{100 * m[f'{d}_{what}R@{k}']:.1f}"
+                                           for d in DIRECTIONS for k in KS) + " |"
 
-    chance = {f"{d}_R@{k}": result["chance"][f"R@{k}"] for d in DIRECTIONS for k in KS}
-    lines.append(row("chance", chance))
-    lines.append(row("before fine-tuning (the 2D-only pretrained model)", result["before"]))
-    for mode, m in result["after"].items():
-        what = "frozen encoder" if mode == "frozen" else f"encoder trained ({mode})"
-        lines.append(row(f"fine-tuned, {what}", m))
+    def rows(what: str) -> list[str]:
+        chance = {f"{d}_{what}R@{k}": result["chance"][f"{what}R@{k}"] for d in DIRECTIONS
+                  for k in KS}
+        out = [row("chance", chance, what),
+               row("before fine-tuning (the 2D-only pretrained model)", result["before"], what)]
+        for mode, m in result["after"].items():
+            kind = "frozen encoder" if mode == "frozen" else f"encoder trained ({mode})"
+            out.append(row(f"fine-tuned, {kind}", m, what))
+        return out
+
+    lines += rows("")
     for name, key in (("AVLnet", "paper_table2"), ("ResDAVEnet", "paper_table2_resdavenet")):
         paper = {f"{d}_R@{k}": v / 100 for d in DIRECTIONS
                  for k, v in zip(KS, result[key][d])}
         lines.append(row(f"paper Table 2, {name} (Places 400k, 1k test pairs)", paper))
+    if "label_R@1" in result["chance"]:
+        lines += ["", "### Label recall", "",
+                  "A hit when one of the top K shows the query's label (the pairs' `label`: the "
+                  "demo's concept), whichever pair it is: did the model match what the caption "
+                  "names? The pair recall above also asks for the very image, which a caption "
+                  "that only names its concept cannot single out among the val pairs of that "
+                  "concept.",
+                  "", "| model | A->I R@1 | R@5 | R@10 | I->A R@1 | R@5 | R@10 |",
+                  "|---|---|---|---|---|---|---|", *rows("label_")]
     lines += ["", "## Does training the visual encoder help?", "", *result["verdict"], "",
               "Pairs by split and status: " + "; ".join(
                   f"{split} " + ", ".join(f"{k} {v}" for k, v in sorted(st.items()))
