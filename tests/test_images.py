@@ -339,6 +339,13 @@ def test_init_pretrain_2d_pretrains_a_2d_only_model_first(tmp_path):
     p = dataclasses.replace(TINY, init="pretrain-2d", encoder="layer4")
     with pytest.raises(ImagesError, match="--features"):
         run_images(pairs, tmp_path / "out0", p)
+    for i in range(2):                                   # no usable val pair: stop at once
+        (tmp_path / "imgs" / f"val{i}.jpg").write_text("broken")
+    with pytest.raises(ImagesError, match="0 usable val"):
+        run_images(pairs, tmp_path / "out1", dataclasses.replace(p, max_failure_fraction=1.0),
+                   None, tp("2d3d"), (d / "features", d / "manifest"))
+    assert not (tmp_path / "out1" / "pretrain-2d").exists()
+    pairs = _tiny_pairs(tmp_path)
     with pytest.raises(ImagesError, match="no such checkpoint"):
         run_images(pairs, tmp_path / "out0", dataclasses.replace(p, init=str(tmp_path / "x.pt")))
     r = run_images(pairs, tmp_path / "out", p, tmp_path / "reports" / "tiny", tp("2d3d"),
@@ -350,7 +357,9 @@ def test_init_pretrain_2d_pretrains_a_2d_only_model_first(tmp_path):
     saved = torch.load(tmp_path / "out" / "layer4" / "model.pt", weights_only=False)
     assert saved["params"]["init"] == str(final)
     # before fine-tuning, both runs embed with the same pretrained model: one "before" row
-    assert json.loads((tmp_path / "reports" / "tiny.json").read_text())["before"] == r["before"]
+    before = [json.loads((tmp_path / "out" / m / "metrics.json").read_text())["before"]
+              for m in ("frozen", "layer4")]
+    assert before[0] == before[1] == r["before"]
     # every val pair is labelled: the label recall, with its exact chance (1 of 2 alike)
     assert r["chance"]["label_R@1"] == pytest.approx(0.5) and len(r["verdict"]) == 4
     assert "### Label recall" in (tmp_path / "reports" / "tiny.md").read_text()
@@ -364,6 +373,10 @@ def test_label_recall_and_its_chance():
     items = torch.eye(6)[[1, 0, 2, 3, 4, 5]]           # query 0 finds item 0 = pair 1's image
     r = ft.label_recall(q, items, labels, ks=(1, 2))
     assert r[1] == pytest.approx(1.0)                   # every top 1 has the query's label
+    # a collapsed model (every score equal) gets no hit: ties rank pessimistically
+    # (at K = 4 only the b queries hit: their 3 other-label items fit in front of them)
+    assert ft.label_recall(torch.ones(6, 3), torch.ones(6, 3), labels, ks=(1, 4)) == \
+        {1: 0.0, 4: pytest.approx(0.5)}
     items = torch.eye(6)[[2, 5, 0, 1, 3, 4]]            # query i's top 1: item j, order[j] = i
     top1 = np.argsort([2, 5, 0, 1, 3, 4])               # = [2, 3, 0, 4, 5, 1]
     assert ft.label_recall(q, items, labels, ks=(1,))[1] == pytest.approx(
@@ -389,3 +402,20 @@ def test_labels_read_from_json_and_csv(tmp_path):
     assert [r["label"] for r in read_pair_list(tmp_path / "l.csv")] == ["lime", None]
     write_pairs(rows, tmp_path / "pairs.parquet")
     assert pq.read_table(tmp_path / "pairs.parquet").column("label").to_pylist() == ["egg", None]
+
+
+def test_cache_keeps_ids_with_spaces_and_drops_failed_rows(tmp_path):
+    """A CSV named with a space gives ids with a space; the cache holds only the usable pairs,
+    in order, and reads back as memmaps."""
+    for i in range(3):
+        _jpg(tmp_path / f"i{i}.jpg", i)
+        _wav(tmp_path / f"a{i}.wav", _tone(16000, 0.5))
+    (tmp_path / "a1.wav").write_bytes(b"")                 # not a wav: bad_audio
+    (tmp_path / "my pairs.csv").write_text("image,audio\n" + "".join(
+        f"i{i}.jpg,a{i}.wav\n" for i in range(3)))
+    rows = read_pair_list(tmp_path / "my pairs.csv")
+    decode_pairs(rows, tmp_path / "cache", 40, 32, 64)
+    c = open_cache(tmp_path / "cache")
+    assert c["ids"] == ["my pairs-0000000", "my pairs-0000002"]
+    assert isinstance(c["spec"], np.memmap) and c["images"].shape == (2, 3, 32, 32)
+    assert [r["status"] for r in rows][1] != "ok"

@@ -154,25 +154,36 @@ def _autocast(p: ImagesParams, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def rows_of(arr: np.ndarray | torch.Tensor, idx: torch.Tensor, device: torch.device
+            ) -> torch.Tensor:
+    """Rows `idx` of `arr` (a tensor, or a numpy array / memmap read in increasing row order)
+    as a tensor on `device`, in idx's order."""
+    if isinstance(arr, torch.Tensor):
+        return arr[idx.to(arr.device)].to(device)
+    i = idx.cpu().numpy()
+    order = np.argsort(i, kind="stable")
+    out = np.empty((len(i), *arr.shape[1:]), arr.dtype)
+    out[order] = arr[i[order]]
+    return torch.from_numpy(out).to(device)
+
+
 def _features(model, idx, images, cached, device) -> torch.Tensor:
     if cached is not None:
         return model.encoder.trunk(cached[idx])
-    x = normalize_images(torch.from_numpy(np.asarray(images[np.sort(idx.cpu().numpy())]))
-                         .to(device))
-    order = torch.argsort(torch.argsort(idx.cpu()))          # back to idx's order
-    return model.encoder(x)[order.to(device)]
+    return model.encoder(normalize_images(rows_of(images, idx, device)))
 
 
 def train_step(model: ImageAVLnet, opt: torch.optim.Optimizer, loss_fn: nn.Module,
                idx: torch.Tensor, images: np.ndarray, cached: torch.Tensor | None,
                spec: torch.Tensor, nframes: torch.Tensor, device: torch.device,
                amp: torch.dtype | None = None) -> float:
-    """One Adam step on the pairs `idx` -> the MMS loss. spec (N, 40, F) and nframes (N,) on
-    `device`; images the uint8 cache; cached the prefix outputs (or None)."""
+    """One Adam step on the pairs `idx` -> the MMS loss. spec (N, 40, F) the caption cache
+    (a memmap, read a batch at a time, or a tensor), nframes (N,) on `device`; images the uint8
+    cache; cached the prefix outputs (or None)."""
     model.train()
     with torch.autocast(device.type, amp, enabled=amp is not None):
         v = model.encode_feature(_features(model, idx, images, cached, device))
-        a = model.encode_audio(spec[idx].float(), nframes[idx])
+        a = model.encode_audio(rows_of(spec, idx, device).float(), nframes[idx])
         loss = loss_fn(a.float(), v.float())
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -192,7 +203,8 @@ def embed(model: ImageAVLnet, idx: np.ndarray, images: np.ndarray, cached, spec,
         with torch.autocast(device.type, amp, enabled=amp is not None):
             v_out.append(model.encode_feature(_features(model, b, images, cached, device))
                          .float().cpu())
-            a_out.append(model.encode_audio(spec[b].float(), nframes[b]).float().cpu())
+            a_out.append(model.encode_audio(rows_of(spec, b, device).float(), nframes[b])
+                         .float().cpu())
     return torch.cat(a_out), torch.cat(v_out)
 
 
@@ -217,10 +229,14 @@ def recall(audio: torch.Tensor, image: torch.Tensor, labels: np.ndarray | None =
 def label_recall(query: torch.Tensor, items: torch.Tensor, labels: np.ndarray,
                  ks: tuple[int, ...] = (1, 5, 10)) -> dict[int, float]:
     """Row i of both = pair i, showing labels[i] -> {K: share of the queries whose K most
-    similar items include one with the query's label (the pair itself counts)}."""
-    top = torch.argsort(query @ items.T, dim=1, descending=True)[:, :max(ks)].numpy()
-    same = labels[top] == labels[:, None]
-    return {k: float(same[:, :k].any(axis=1).mean()) for k in ks}
+    similar items include one with the query's label (the pair itself counts)}. Ties are
+    ranked pessimistically, as in the pair recall: an item of another label scoring as high
+    as the best one of the query's label comes before it."""
+    sim = (query @ items.T).double().numpy()
+    same = labels[None, :] == labels[:, None]
+    best = np.where(same, sim, -np.inf).max(axis=1)
+    ahead = (np.where(same, -np.inf, sim) >= best[:, None]).sum(axis=1)
+    return {k: float((ahead < k).mean()) for k in ks}
 
 
 def label_chance(labels: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)) -> dict[int, float]:
@@ -260,7 +276,7 @@ def finetune(p: ImagesParams, cache: dict, train_ids: list[str], val_ids: list[s
     encoder = encoder or p.encoder
     model, recipe = build(p, device, encoder)
     images, amp = cache["images"], _autocast(p, device)
-    spec = torch.from_numpy(np.array(cache["spec"])).to(device)
+    spec = cache["spec"]          # a memmap: a batch at a time (Places: ~65 GB of float16)
     nframes = torch.from_numpy(np.array(cache["nframes"])).to(device)
     cached = prefix_outputs(model, images, device)
     t_cache = time.perf_counter() - t0

@@ -107,11 +107,14 @@ def decode_pairs(rows: list[dict], cache_dir: Path, resize: int, size: int, fram
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     todo = [r for r in rows if r["status"] == OK]
-    imgs = np.zeros((len(todo), 3, size, size), np.uint8)
-    spec = np.zeros((len(todo), 40, frames), np.float16)
-    nfr = np.zeros(len(todo), np.int64)
+    shapes = {"images.npy": ((3, size, size), np.uint8), "spec.npy": ((40, frames), np.float16),
+              "nframes.npy": ((), np.int64)}
+    tmp = {n: cache_dir / f".{n}.tmp-{os.getpid()}.npy" for n in shapes}
+    # written to disk as decoded (np.lib.format.open_memmap): memory stays flat for any size
+    arrs = {n: np.lib.format.open_memmap(tmp[n], "w+", dt, (len(todo), *sh))
+            for n, (sh, dt) in shapes.items()}
     keep = []
-    for r in todo:
+    for j, r in enumerate(todo, 1):
         try:
             img = load_image(r["image"], resize, size)
             s, n = pad_or_crop(load_caption(r["audio"]).numpy(), frames)
@@ -120,16 +123,28 @@ def decode_pairs(rows: list[dict], cache_dir: Path, resize: int, size: int, fram
             log.warning("%s: %s", r["pair_id"], e)
             continue
         k = len(keep)
-        imgs[k], spec[k], nfr[k] = img, s, n
+        arrs["images.npy"][k], arrs["spec.npy"][k], arrs["nframes.npy"][k] = img, s, n
         keep.append(r["pair_id"])
-    for name, arr in (("images.npy", imgs[:len(keep)]), ("spec.npy", spec[:len(keep)]),
-                      ("nframes.npy", nfr[:len(keep)])):
-        tmp = cache_dir / f".{name}.tmp-{os.getpid()}.npy"
-        np.save(tmp, arr)
-        os.replace(tmp, cache_dir / name)
-    tmp = cache_dir / f".ids.txt.tmp-{os.getpid()}"
-    tmp.write_text("".join(i + "\n" for i in keep))
-    os.replace(tmp, cache_dir / "ids.txt")
+        if j % 5000 == 0:
+            log.info("decoded %d of %d pairs", j, len(todo))
+    for name, arr in arrs.items():
+        if len(keep) < len(todo):         # drop the unused tail, a chunk at a time
+            short = np.lib.format.open_memmap(tmp[name].with_suffix(".short.npy"), "w+",
+                                              arr.dtype, (len(keep), *arr.shape[1:]))
+            for i in range(0, len(keep), 4096):
+                end = min(i + 4096, len(keep))
+                short[i:end] = arr[i:end]
+            short.flush()
+            del short
+            os.replace(tmp[name].with_suffix(".short.npy"), tmp[name])
+        else:
+            arr.flush()
+        del arr
+        os.replace(tmp[name], cache_dir / name)
+    arrs.clear()
+    tmp_ids = cache_dir / f".ids.txt.tmp-{os.getpid()}"
+    tmp_ids.write_text("".join(i + "\n" for i in keep))
+    os.replace(tmp_ids, cache_dir / "ids.txt")
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -139,9 +154,9 @@ def decode_pairs(rows: list[dict], cache_dir: Path, resize: int, size: int, fram
 
 def open_cache(cache_dir: Path) -> dict:
     """The decoded cache -> {"ids", "images" (N, 3, S, S) uint8 memmap, "spec" (N, 40, F)
-    float16 memmap, "nframes" (N,)}."""
+    float16 memmap, "nframes" (N,)}; ids one a line (an id may hold a space)."""
     cache_dir = Path(cache_dir)
-    ids = (cache_dir / "ids.txt").read_text().split()
+    ids = (cache_dir / "ids.txt").read_text().splitlines()
     return {"ids": ids, "images": np.load(cache_dir / "images.npy", mmap_mode="r"),
             "spec": np.load(cache_dir / "spec.npy", mmap_mode="r"),
             "nframes": np.load(cache_dir / "nframes.npy")}

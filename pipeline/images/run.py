@@ -72,10 +72,18 @@ def run_images(sources: list[tuple[Path, str]], out_dir: Path, p: ImagesParams,
                           f"images.max_failure_fraction ({p.max_failure_fraction})")
     ids = {s: [r["pair_id"] for r in rows if r["split"] == s and r["status"] == OK]
            for s in ("train", "val")}
+    if len(ids["train"]) < 2 or not ids["val"]:          # before any pretraining
+        raise ImagesError(f"{len(ids['train'])} usable train and {len(ids['val'])} usable val "
+                          f"pairs ({counts}): fine-tuning needs at least 2 train pairs and 1 "
+                          f"val pair; see {out_dir / 'pairs.parquet'}")
     init = initial_model(p, out_dir, train, pretrain_data)
     q = dataclasses.replace(p, init=init)
     cache = open_cache(out_dir / "cache")
     labels = {r["pair_id"]: r["label"] for r in rows if r.get("label") is not None}
+    unlabelled = sum(i not in labels for i in ids["val"])
+    if labels and unlabelled:
+        log.warning("%d of %d val pairs have no label: the report has no label recall",
+                    unlabelled, len(ids["val"]))
     runs = {}
     for mode in (["frozen"] if p.frozen_baseline else []) + [p.encoder]:
         log.info("fine-tuning with the encoder %s on %d train pairs", mode, len(ids["train"]))
@@ -152,8 +160,10 @@ def markdown(result: dict) -> str:
     def rows(what: str) -> list[str]:
         chance = {f"{d}_{what}R@{k}": result["chance"][f"{what}R@{k}"] for d in DIRECTIONS
                   for k in KS}
+        start = ("the 2D-only pretrained model" if result["init"] != "none" else
+                  "from scratch")
         out = [row("chance", chance, what),
-               row("before fine-tuning (the 2D-only pretrained model)", result["before"], what)]
+               row(f"before fine-tuning ({start})", result["before"], what)]
         for mode, m in result["after"].items():
             kind = "frozen encoder" if mode == "frozen" else f"encoder trained ({mode})"
             out.append(row(f"fine-tuned, {kind}", m, what))
